@@ -1,0 +1,40 @@
+# The README's two commands: `make run` and `make test`. Both set up what they
+# need on a fresh Debian machine (a venv for Python; Debian packages via apt-get
+# when root and missing).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+TOPOLOGY ?= examples/cluster.yaml
+OUT ?= out
+PYTEST_ARGS ?=
+
+.PHONY: run test check bench system-deps venv clean
+
+run: $(STAMP)
+	$(PY) -m compiler compile $(TOPOLOGY) -o $(OUT)
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# fails when out/ is stale
+check: $(STAMP)
+	$(PY) -m compiler compile $(TOPOLOGY) -o $(OUT) --check
+
+bench: $(STAMP) system-deps
+	$(PY) bench/run_all.py
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { sh tools/setup-venv-deps.sh && $(PYTHON) -m venv $(VENV); }
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+system-deps:
+	@sh tools/setup-system.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache tests/.build bench/.build

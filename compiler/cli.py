@@ -1,0 +1,117 @@
+"""The command line: the one place that turns errors into messages and exit codes.
+
+Exit codes: 0 success, 1 invalid input or failed check, 2 usage error.
+A user's mistake prints `FILE:LINE:COL: error: MESSAGE` lines; anything else is a
+bug in podnet and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from compiler import __version__
+from compiler.diagnostics import InputError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class CommandFailed(Exception):
+    """A check that failed for a reason already explained; carries the message."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="podnet", description="Compile a cluster topology into per-node CNI plugins, routes and Ansible.")
+    p.add_argument("--version", action="version", version=f"podnet {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    v = sub.add_parser("validate", help="schema and semantic checks; print every error")
+    v.add_argument("topology", metavar="TOPOLOGY")
+
+    c = sub.add_parser("compile", help="write every artifact into OUT")
+    c.add_argument("topology", metavar="TOPOLOGY")
+    c.add_argument("-o", "--output", default="out", metavar="OUT", help="output directory (default: out)")
+    c.add_argument("--check", action="store_true", help="write nothing; exit 1 naming each file that differs, with a diff")
+    c.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    a = sub.add_parser("allocate", help="show (or pin) each node's pod subnet")
+    a.add_argument("topology", metavar="TOPOLOGY")
+    a.add_argument("--write", action="store_true", help="pin allocated subnets into TOPOLOGY, keeping its comments and layout")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)  # exits 2 on usage errors
+    try:
+        return _COMMANDS[args.command](args)
+    except InputError as e:
+        for d in e.diagnostics:
+            print(d.format(e.filename), file=sys.stderr)
+        return EXIT_FAIL
+    except CommandFailed as e:
+        print(f"podnet {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"podnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAIL
+
+
+def cmd_validate(args) -> int:
+    from compiler.topology import load_topology
+
+    topo = load_topology(args.topology)
+    print(f"{args.topology}: ok ({len(topo.nodes)} node{'s' if len(topo.nodes) != 1 else ''})")
+    return EXIT_OK
+
+
+def cmd_compile(args) -> int:
+    from compiler import write
+    from compiler.artifacts import build_files
+    from compiler.load import load_file
+    from compiler.topology import build
+
+    doc = load_file(args.topology)
+    topo = build(doc)
+    files = build_files(topo, doc.text.encode())
+    pending = write.changes(args.output, files)
+    if args.check:
+        for change in pending:
+            print(change.diff(), end="")
+        for change in pending:
+            print(f"{args.output}/{change.path}: {change.kind}", file=sys.stderr)
+        if pending:
+            print(f"podnet compile --check: {len(pending)} file(s) differ; run `podnet compile {args.topology} -o {args.output}`", file=sys.stderr)
+            return EXIT_FAIL
+        return EXIT_OK
+    write.apply(args.output, files, pending)
+    if not args.quiet:
+        print(f"{args.output}: {len(files)} files, {len(pending)} written or removed")
+    return EXIT_OK
+
+
+def cmd_allocate(args) -> int:
+    from compiler.topology import load_topology
+
+    topo = load_topology(args.topology)
+    if args.write:
+        from compiler.pin import pin_subnets
+
+        changed = pin_subnets(args.topology, topo)
+        print(f"{args.topology}: pinned {changed} node subnet{'s' if changed != 1 else ''}")
+        return EXIT_OK
+    width = max(len(n.name) for n in topo.nodes)
+    for n in topo.nodes:
+        how = "pinned" if all(n.pinned) else "allocated"
+        print(f"{n.name:<{width}}  {' '.join(map(str, n.subnets))}  {how}")
+    return EXIT_OK
+
+
+_COMMANDS = {
+    "validate": cmd_validate,
+    "compile": cmd_compile,
+    "allocate": cmd_allocate,
+}

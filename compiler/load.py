@@ -1,0 +1,188 @@
+"""Load a topology: YAML text -> plain data + a map from JSON path to source position.
+
+Only this module knows YAML. It composes the node graph with ruamel.yaml and builds
+plain dicts/lists itself, so that it can
+  * record the line and column of every key and value,
+  * report every duplicate key (not just the first),
+  * refuse alias bombs by budgeting the expanded size before building anything,
+  * refuse absurd sizes before parsing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import ConstructorError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from compiler.diagnostics import Diagnostic, InputError, JsonPath, dotted
+
+MAX_BYTES = 16 * 1024 * 1024  # a 5,000-node topology is well under 1 MiB
+MAX_NODES = 500_000  # YAML nodes after alias expansion
+MAX_DEPTH = 64
+
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:str",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:null",
+}
+
+
+@dataclass
+class Document:
+    """A loaded topology: its data and where each part of it came from."""
+
+    filename: str
+    text: str
+    data: Any
+    # path -> (line, col) of the value; keys of mappings under path + ("<key>",)
+    positions: Dict[JsonPath, tuple] = field(default_factory=dict)
+    key_positions: Dict[JsonPath, tuple] = field(default_factory=dict)
+
+    def at(self, path: JsonPath, message: str, key: bool = False) -> Diagnostic:
+        """A diagnostic at `path`, falling back to the nearest known ancestor."""
+        table = self.key_positions if key else self.positions
+        probe = tuple(path)
+        while probe not in table and probe not in self.positions and probe:
+            probe = probe[:-1]
+        line, col = table.get(probe) or self.positions.get(probe, (1, 1))
+        return Diagnostic(line, col, message, tuple(path))
+
+
+def load_file(filename: str) -> Document:
+    try:
+        with open(filename, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise InputError(filename, [Diagnostic(1, 1, f"cannot read file: {e.strerror}")])
+    return load_bytes(raw, filename)
+
+
+def load_bytes(raw: bytes, filename: str) -> Document:
+    if len(raw) > MAX_BYTES:
+        raise InputError(filename, [Diagnostic(1, 1, f"file is larger than {MAX_BYTES // (1024 * 1024)} MiB; refusing to parse it")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return _fail(filename, line, 1, "file is not valid UTF-8")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    yaml = YAML(typ="safe", pure=True)
+    try:
+        nodes = list(yaml.compose_all(text))
+    except MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        problem = e.problem or e.context or "invalid YAML"
+        return _fail(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, f"YAML syntax error: {problem}")
+    except YAMLError as e:
+        return _fail(filename, 1, 1, f"YAML error: {e}")
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        return _fail(filename, 1, 1, "the topology is empty; expected a mapping with 'network' and 'nodes'")
+    if len(nodes) > 1:
+        second = nodes[1].start_mark
+        return _fail(filename, second.line + 1, second.column + 1, "expected one YAML document, found several")
+    root = nodes[0]
+    _budget(root, filename)
+    builder = _Builder(filename, yaml)
+    data = builder.build(root, ())
+    if builder.diagnostics:
+        raise InputError(filename, builder.diagnostics)
+    return Document(filename, text, data, builder.positions, builder.key_positions)
+
+
+def _fail(filename: str, line: int, col: int, message: str):
+    raise InputError(filename, [Diagnostic(line, col, message)])
+
+
+def _budget(root: Node, filename: str) -> None:
+    """Refuse documents whose alias expansion would be huge (billion laughs)."""
+    sizes: Dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children: List[Node] = []
+        if isinstance(node, SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, MappingNode):
+            for k, v in node.value:
+                children += [k, v]
+        if done:
+            total = 1 + sum(sizes.get(id(c), 0) for c in children)
+            if total > MAX_NODES:
+                m = node.start_mark
+                _fail(filename, m.line + 1, m.column + 1, f"document expands to more than {MAX_NODES} YAML nodes (alias bomb?); refusing it")
+            sizes[id(node)] = total
+            continue
+        stack.append((node, True))
+        for c in children:
+            if id(c) not in sizes:
+                stack.append((c, False))
+
+
+class _Builder:
+    def __init__(self, filename: str, yaml: YAML):
+        self.filename = filename
+        self.constructor = yaml.constructor
+        self.positions: Dict[JsonPath, tuple] = {}
+        self.key_positions: Dict[JsonPath, tuple] = {}
+        self.diagnostics: List[Diagnostic] = []
+
+    def err(self, node: Node, message: str, path: JsonPath) -> None:
+        m = node.start_mark
+        self.diagnostics.append(Diagnostic(m.line + 1, m.column + 1, message, path))
+
+    def build(self, node: Node, path: JsonPath) -> Any:
+        self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if len(path) > MAX_DEPTH:
+            self.err(node, f"nesting deeper than {MAX_DEPTH} levels", path)
+            return None
+        if isinstance(node, MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                self.err(node, f"unsupported YAML tag {node.tag!r}", path)
+            return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _mapping(self, node: MappingNode, path: JsonPath) -> Dict[str, Any]:
+        if node.tag != "tag:yaml.org,2002:map":
+            self.err(node, f"unsupported YAML tag {node.tag!r}", path)
+        out: Dict[str, Any] = {}
+        for knode, vnode in node.value:
+            if knode.tag == "tag:yaml.org,2002:merge":
+                self.err(knode, "YAML merge keys ('<<') are not supported; write the keys out", path)
+                continue
+            if not isinstance(knode, ScalarNode):
+                self.err(knode, f"{dotted(path)}: mapping keys must be strings", path)
+                continue
+            key = knode.value if knode.tag == "tag:yaml.org,2002:str" else str(self._scalar(knode, path))
+            kpath = path + (key,)
+            if key in out:
+                first = self.key_positions[kpath]
+                self.err(knode, f"duplicate key {dotted(kpath)!r} (first defined at line {first[0]})", kpath)
+                continue
+            self.key_positions[kpath] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
+            out[key] = self.build(vnode, kpath)
+        return out
+
+    def _scalar(self, node: ScalarNode, path: JsonPath) -> Any:
+        if node.tag not in _SCALAR_TAGS:
+            if node.tag.startswith("tag:yaml.org,2002:"):
+                # timestamps, binary, ...: keep the text, the schema will say what was expected
+                return node.value
+            self.err(node, f"unsupported YAML tag {node.tag!r}", path)
+            return None
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (ConstructorError, ValueError) as e:
+            self.err(node, f"invalid scalar {node.value!r}: {e}", path)
+            return None

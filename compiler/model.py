@@ -1,0 +1,104 @@
+"""The validated topology as frozen dataclasses with `ipaddress` values.
+
+Defaults are filled once, here (canonicalise); later stages never check for None.
+Address families are carried as tuples (one Pool per family, one subnet and one
+address per family on a node) so that dual-stack is an extension, not a rewrite.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+DEFAULTS = {
+    "name": "podnet",
+    "cniVersion": "1.0.0",
+    "nodePrefixLength": 24,
+    "bridge": "cni0",
+    "mtu": 1500,
+    "masquerade": True,
+    "routing": "static",
+    "dataDir": "/var/lib/cni/networks",
+    "plugin": "podnet",
+    "interface": "eth0",
+}
+
+CNI_VERSIONS = ("0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The cluster's pod range of one address family, cut into node subnets."""
+
+    cidr: IPNetwork
+    node_prefix: int
+
+    @property
+    def family(self) -> int:
+        return self.cidr.version
+
+    @property
+    def capacity(self) -> int:
+        return 1 << (self.node_prefix - self.cidr.prefixlen)
+
+
+@dataclass(frozen=True)
+class Network:
+    name: str
+    cni_version: str
+    pools: Tuple[Pool, ...]
+    bridge: str
+    mtu: int
+    masquerade: bool
+    routing: str  # "static" | "router"
+    router: Optional[IPAddress]
+    data_dir: str
+    plugin: str
+
+    @property
+    def pool(self) -> Pool:
+        """The primary (first) family's pool."""
+        return self.pools[0]
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    addresses: Tuple[IPAddress, ...]  # underlay, one per family, primary first
+    interface: str
+    subnets: Tuple[IPNetwork, ...]  # pod subnets, aligned with Network.pools
+    pinned: Tuple[bool, ...]  # per subnet: written in the topology (True) or allocated
+
+    @property
+    def address(self) -> IPAddress:
+        return self.addresses[0]
+
+    @property
+    def subnet(self) -> IPNetwork:
+        return self.subnets[0]
+
+    @property
+    def gateways(self) -> Tuple[IPAddress, ...]:
+        """The bridge's address per family: the first address of each subnet."""
+        return tuple(s.network_address + 1 for s in self.subnets)
+
+    @property
+    def gateway(self) -> IPAddress:
+        return self.gateways[0]
+
+
+@dataclass(frozen=True)
+class Topology:
+    source: str  # the topology's file name as given on the command line
+    network: Network
+    nodes: Tuple[Node, ...]
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)

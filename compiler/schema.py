@@ -1,0 +1,173 @@
+"""Structural validation against schemas/topology.schema.json.
+
+Every error is reported, not just the first; formats are enforced (jsonschema
+only checks `format` with a FormatChecker, and has no CIDR format, so ours are added).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+from functools import lru_cache
+from typing import Any, Dict, Iterator
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+
+from compiler import SCHEMA_PATH
+from compiler.diagnostics import Diagnostic, dotted
+from compiler.load import Document
+
+FORMATS = FormatChecker(formats=())
+
+
+@FORMATS.checks("ipv4", raises=ValueError)
+def _ipv4(value: object) -> bool:
+    if isinstance(value, str):
+        ipaddress.IPv4Address(value)
+    return True
+
+
+@FORMATS.checks("ipv6", raises=ValueError)
+def _ipv6(value: object) -> bool:
+    if isinstance(value, str):
+        ipaddress.IPv6Address(value)
+    return True
+
+
+@FORMATS.checks("ipv4-network", raises=ValueError)
+def _ipv4_network(value: object) -> bool:
+    if isinstance(value, str):
+        # strict=False: host bits are a semantic error with a better message (checks.py)
+        ipaddress.IPv4Network(value, strict=False)
+    return True
+
+
+@FORMATS.checks("ipv6-network", raises=ValueError)
+def _ipv6_network(value: object) -> bool:
+    if isinstance(value, str):
+        ipaddress.IPv6Network(value, strict=False)
+    return True
+
+
+@lru_cache(maxsize=1)
+def schema() -> Dict[str, Any]:
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        return json.load(f)
+
+
+@lru_cache(maxsize=1)
+def validator() -> Draft202012Validator:
+    Draft202012Validator.check_schema(schema())
+    return Draft202012Validator(schema(), format_checker=FORMATS)
+
+
+def check(doc: Document) -> Iterator[Diagnostic]:
+    for error in validator().iter_errors(doc.data):
+        yield from _diagnose(doc, error)
+
+
+def _leaves(error: ValidationError) -> Iterator[ValidationError]:
+    """For $ref/anyOf wrappers, the errors that say what is actually wrong."""
+    if error.context:
+        for sub in error.context:
+            yield from _leaves(sub)
+    else:
+        yield error
+
+
+def _diagnose(doc: Document, error: ValidationError) -> Iterator[Diagnostic]:
+    path = tuple(error.absolute_path)
+    where = dotted(path)
+    kind = error.validator
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        known = sorted(error.schema.get("properties", {}))
+        for key in sorted(set(error.instance) - set(known)):
+            hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            if not hint:
+                hint = [k for k in known if k.lower() == key.lower()]
+            suffix = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(known)}"
+            yield doc.at(path + (key,), f"{where}: unknown key {key!r}{suffix}", key=True)
+        return
+    if kind == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        yield doc.at(path, f"{where}: missing required key {missing!r}")
+        return
+    yield doc.at(path, f"{where}: {_message(error)}")
+
+
+def _message(error: ValidationError) -> str:
+    kind, value, inst = error.validator, error.validator_value, error.instance
+    shown = _show(inst)
+    if kind == "type":
+        return f"expected {_a(value)}, got {_json_type(inst)} {shown}"
+    if kind == "enum":
+        return f"{shown} is not one of {', '.join(_show(v) for v in value)}"
+    if kind == "pattern":
+        what = error.schema.get("description") or f"must match {value}"
+        return f"invalid value {shown}: {_pattern_hint(error)}" if _pattern_hint(error) else f"invalid value {shown}: {what}"
+    if kind == "format":
+        return f"{shown} is not a valid {_FORMAT_NAMES.get(value, value)}"
+    if kind == "minimum":
+        return f"{shown} is below the minimum {value}"
+    if kind == "maximum":
+        return f"{shown} is above the maximum {value}"
+    if kind == "maxLength":
+        return f"{shown} is longer than {value} characters"
+    if kind == "minLength":
+        return "must not be empty" if value == 1 else f"{shown} is shorter than {value} characters"
+    if kind == "minItems":
+        return f"needs at least {value} item{'s' if value != 1 else ''}"
+    if kind == "maxItems":
+        return f"has more than {value} items"
+    return error.message
+
+
+_FORMAT_NAMES = {
+    "ipv4": "IPv4 address",
+    "ipv6": "IPv6 address",
+    "ipv4-network": "IPv4 CIDR (like 10.244.0.0/16)",
+    "ipv6-network": "IPv6 CIDR (like fd00:10:244::/56)",
+}
+
+
+def _pattern_hint(error: ValidationError) -> str:
+    ref_names = {
+        "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$": "a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)",
+        "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$": "an interface name (1-15 of A-Z a-z 0-9 . _ -)",
+        "^[a-z0-9][a-z0-9._-]{0,62}$": "lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63",
+        "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$": "an IPv4 address (like 192.168.1.2)",
+        "^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$": "an IPv4 CIDR (like 10.244.0.0/16)",
+        "^/[A-Za-z0-9._/-]*$": "an absolute path of A-Z a-z 0-9 . _ / -",
+    }
+    hint = ref_names.get(error.validator_value)
+    return f"expected {hint}" if hint else ""
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "mapping"
+
+
+def _a(types: Any) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer", "boolean": "a boolean (true/false)", "number": "a number", "null": "null"}
+    if isinstance(types, list):
+        return " or ".join(names.get(t, t) for t in types)
+    return names.get(types, types)

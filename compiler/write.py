@@ -1,0 +1,136 @@
+"""The only stage that writes: rendered artifacts -> OUT, plus manifest.json.
+
+Each file is replaced atomically (temp file in the same directory, then rename);
+files whose bytes and mode are unchanged are not touched; files that podnet
+wrote before (per the previous manifest) and no longer produces are removed.
+Nothing else in OUT is ever removed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from compiler import __version__
+
+MANIFEST = "manifest.json"
+
+Files = Dict[str, Tuple[bytes, int]]  # relative path -> (content, mode)
+
+
+@dataclass
+class Change:
+    path: str
+    kind: str  # "new" | "changed" | "mode" | "removed"
+    old: Optional[bytes] = None
+    new: Optional[bytes] = None
+
+    def diff(self) -> str:
+        old = (self.old or b"").decode("utf-8", "replace").splitlines(keepends=True)
+        new = (self.new or b"").decode("utf-8", "replace").splitlines(keepends=True)
+        lines = difflib.unified_diff(old, new, f"a/{self.path}", f"b/{self.path}")
+        text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+        return text or f"mode of {self.path} differs\n"
+
+
+def with_manifest(files: Files, topology_bytes: bytes, source: str) -> Files:
+    """Adds manifest.json: every artifact's sha256 and mode, the topology's digest, podnet's version."""
+    manifest = {
+        "podnet": __version__,
+        "topology": {"file": source, "sha256": hashlib.sha256(topology_bytes).hexdigest()},
+        "artifacts": {
+            path: {"mode": f"{mode:04o}", "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+            for path, (content, mode) in sorted(files.items())
+        },
+    }
+    out = dict(files)
+    out[MANIFEST] = ((json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode(), 0o644)
+    return out
+
+
+def previous_artifacts(out_dir: str) -> List[str]:
+    """The files podnet wrote last time, per the old manifest (empty when there is none)."""
+    try:
+        with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
+            old = json.load(f)
+        paths = list(old.get("artifacts", {}))
+    except (OSError, ValueError, AttributeError):
+        return []
+    # never follow a manifest outside OUT
+    return [p for p in paths if isinstance(p, str) and _safe_relpath(p)]
+
+
+def _safe_relpath(p: str) -> bool:
+    parts = p.split("/")
+    return bool(p) and not p.startswith("/") and ".." not in parts and "" not in parts
+
+
+def changes(out_dir: str, files: Files) -> List[Change]:
+    """What writing `files` into out_dir would change, sorted by path."""
+    result: List[Change] = []
+    for path, (content, mode) in sorted(files.items()):
+        full = os.path.join(out_dir, path)
+        try:
+            with open(full, "rb") as f:
+                old = f.read()
+            old_mode = os.stat(full).st_mode & 0o777
+        except FileNotFoundError:
+            result.append(Change(path, "new", None, content))
+            continue
+        if old != content:
+            result.append(Change(path, "changed", old, content))
+        elif old_mode != mode:
+            result.append(Change(path, "mode", old, content))
+    for path in previous_artifacts(out_dir):
+        if path not in files and os.path.isfile(os.path.join(out_dir, path)):
+            with open(os.path.join(out_dir, path), "rb") as f:
+                result.append(Change(path, "removed", f.read(), None))
+    return sorted(result, key=lambda c: c.path)
+
+
+def apply(out_dir: str, files: Files, pending: List[Change]) -> None:
+    """Writes what `changes` found; the manifest goes last so a crash leaves the old one."""
+    ordered = sorted(pending, key=lambda c: (c.path == MANIFEST, c.path))
+    for change in ordered:
+        full = os.path.join(out_dir, change.path)
+        if change.kind == "removed":
+            os.unlink(full)
+            _prune_empty_dirs(out_dir, os.path.dirname(change.path))
+        elif change.kind == "mode":
+            os.chmod(full, files[change.path][1])
+        else:
+            content, mode = files[change.path]
+            _atomic_write(full, content, mode)
+
+
+def _atomic_write(full: str, content: bytes, mode: int) -> None:
+    directory = os.path.dirname(full)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".podnet-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, full)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _prune_empty_dirs(out_dir: str, rel_dir: str) -> None:
+    while rel_dir:
+        try:
+            os.rmdir(os.path.join(out_dir, rel_dir))
+        except OSError:  # not empty (or gone): stop
+            return
+        rel_dir = os.path.dirname(rel_dir)
