@@ -95,7 +95,16 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "gateway": str(node.gateway),
         "gateways": [str(g) for g in node.gateways],
         "pinned": node.pinned[0],
+        # The node's one masquerade rule (iptables -t nat ... POSTROUTING): pod traffic
+        # leaving the cluster's pod range. The plugin and routes.sh install exactly this
+        # spelling idempotently (`-C || -A`), so it never piles up and never leaks.
+        "masq_rule": masquerade_rule(topo, node),
     }
+
+
+def masquerade_rule(topo: Topology, node: Node) -> List[str]:
+    pod_cidr = next(p.cidr for p in topo.network.pools if p.family == node.subnet.version)
+    return ["-s", str(node.subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
 
 
 def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
