@@ -3,6 +3,7 @@
 # change the topology and run `podnet compile examples/cluster.yaml` to regenerate it.
 #
 # Static routes of node node3: `routes.sh up | down | check`.
+# shellcheck disable=SC2317 # the route_* functions are invoked indirectly, through each_route
 set -eu
 
 NODE_SUBNET='10.244.3.0/24'
