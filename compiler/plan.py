@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
-from compiler.model import Node, Topology
+from compiler.model import IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
 
@@ -78,6 +78,8 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
         "routing": net.routing,
         "router": str(net.router) if net.router else "",
         "data_dir": net.data_dir,
+        # IPAM lease store, like host-local: DATADIR/NETWORK
+        "ipam_store": ipam_store(topo),
         "plugin": net.plugin,
         "conf_name": conf_name(topo),
     }
@@ -99,12 +101,41 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         # leaving the cluster's pod range. The plugin and routes.sh install exactly this
         # spelling idempotently (`-C || -A`), so it never piles up and never leaks.
         "masq_rule": masquerade_rule(topo, node),
+        # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
+        "ipam_ranges": [",".join((str(s), str(lo), str(hi), str(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
     }
 
 
 def masquerade_rule(topo: Topology, node: Node) -> List[str]:
     pod_cidr = next(p.cidr for p in topo.network.pools if p.family == node.subnet.version)
     return ["-s", str(node.subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
+
+
+def ipam_store(topo: Topology) -> str:
+    """The lease directory: host-local's DATADIR/NETWORK."""
+    return topo.network.data_dir.rstrip("/") + "/" + topo.network.name
+
+
+def ipam_ranges(topo: Topology, node: Node) -> List[Tuple[IPAddress, IPAddress]]:
+    """(first, last) pod address per node subnet: network + rangeStart .. network +
+    rangeEnd, by default host-local's network + 1 .. the address before broadcast.
+    checks.ipam_range guarantees both lie inside the subnet, first <= last."""
+    net = topo.network
+    out = []
+    for subnet in node.subnets:
+        start = net.range_start if net.range_start is not None else 1
+        end = net.range_end if net.range_end is not None else subnet.num_addresses - 2
+        out.append((subnet.network_address + start, subnet.network_address + end))
+    return out
+
+
+def _cni_range(topo: Topology, subnet: IPNetwork, gateway: IPAddress, first: IPAddress, last: IPAddress) -> Dict[str, str]:
+    rng = {"subnet": str(subnet), "gateway": str(gateway)}
+    if topo.network.range_start is not None:
+        rng["rangeStart"] = str(first)
+    if topo.network.range_end is not None:
+        rng["rangeEnd"] = str(last)
+    return rng
 
 
 def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
@@ -118,7 +149,7 @@ def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
         "mtu": net.mtu,
         "ipam": {
             "dataDir": net.data_dir,
-            "ranges": [[{"subnet": str(s), "gateway": str(g)}] for s, g in zip(node.subnets, node.gateways)],
+            "ranges": [[_cni_range(topo, s, g, lo, hi)] for s, g, (lo, hi) in zip(node.subnets, node.gateways, ipam_ranges(topo, node))],
             "routes": [{"dst": "0.0.0.0/0" if s.version == 4 else "::/0"} for s in node.subnets],
         },
     }
