@@ -85,6 +85,8 @@ def load_bytes(raw: bytes, filename: str) -> Document:
         return _fail(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, f"YAML syntax error: {problem}")
     except YAMLError as e:
         return _fail(filename, 1, 1, f"YAML error: {e}")
+    except RecursionError:
+        return _fail(filename, 1, 1, f"nesting deeper than {MAX_DEPTH} levels; refusing it")
     nodes = [n for n in nodes if n is not None]
     if not nodes:
         return _fail(filename, 1, 1, "the topology is empty; expected a mapping with 'network' and 'nodes'")
