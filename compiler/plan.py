@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
+from compiler import ansible
 from compiler.model import Node, Topology
 
 CONF_PRIORITY = "10"
@@ -63,6 +64,7 @@ def plan(topo: Topology) -> List[Artifact]:
             Artifact(f"{base}/{conf_name(topo)}", 0o644, "json", data=cni_config(topo, node)),
             Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", view),
         ]
+    out += ansible.artifacts(topo, out)  # derives the files it ships from `out`: keep it last
     return sorted(out, key=lambda a: a.path)
 
 
