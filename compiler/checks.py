@@ -158,6 +158,25 @@ def bridge_not_underlay(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(f.node_path(i, "interface"), f"nodes[{i}].interface: {bridge!r} is also network.bridge; the pod bridge cannot be the underlay interface")
 
 
+def ipam_range(f: Facts) -> Iterator[Diagnostic]:
+    """rangeStart/rangeEnd (host offsets in every node subnet): inside the subnet
+    (never the network or broadcast address), start <= end, and room for a pod
+    besides the gateway (offset 1)."""
+    start, end = f.net.get("rangeStart"), f.net.get("rangeEnd")
+    start = start if isinstance(start, int) and not isinstance(start, bool) else None
+    end = end if isinstance(end, int) and not isinstance(end, bool) else None
+    if f.pod_cidr is not None and f.node_prefix is not None and f.pod_cidr.prefixlen <= f.node_prefix <= f.pod_cidr.max_prefixlen - 2:
+        last = (1 << (f.pod_cidr.max_prefixlen - f.node_prefix)) - 2
+        for key, value in (("rangeStart", start), ("rangeEnd", end)):
+            if value is not None and value > last:
+                yield f.doc.at(("network", key), f"network.{key}: offset {value} is outside a /{f.node_prefix} node subnet, whose pod addresses are offsets 1..{last}")
+    if start is not None and end is not None:
+        if start > end:
+            yield f.doc.at(("network", "rangeEnd"), f"network.rangeEnd: {end} is before network.rangeStart {start}")
+        elif start == end == 1:
+            yield f.doc.at(("network", "rangeEnd"), "network.rangeEnd: the range holds only the gateway (offset 1); no address is left for pods")
+
+
 def _name(f: Facts, i: int) -> str:
     name = f.nodes[i].get("name")
     return repr(name) if isinstance(name, str) else f"#{i}"
@@ -173,6 +192,7 @@ RULES: Tuple[Rule, ...] = (
     capacity,
     router_mode,
     bridge_not_underlay,
+    ipam_range,
 )
 
 

@@ -40,4 +40,4 @@ def dotted(path: JsonPath) -> str:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
-    return out or "(document)"
+    return out or "top level"

@@ -79,9 +79,14 @@ def load_bytes(raw: bytes, filename: str) -> Document:
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         problem = e.problem or e.context or "invalid YAML"
+        if e.context and e.context_mark and e.problem:
+            c = e.context_mark
+            problem = f"{e.context} (at line {c.line + 1}, column {c.column + 1}): {e.problem}"
         return _fail(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, f"YAML syntax error: {problem}")
     except YAMLError as e:
         return _fail(filename, 1, 1, f"YAML error: {e}")
+    except RecursionError:
+        return _fail(filename, 1, 1, f"nesting deeper than {MAX_DEPTH} levels; refusing it")
     nodes = [n for n in nodes if n is not None]
     if not nodes:
         return _fail(filename, 1, 1, "the topology is empty; expected a mapping with 'network' and 'nodes'")
@@ -149,13 +154,13 @@ class _Builder:
             return self._mapping(node, path)
         if isinstance(node, SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                self.err(node, f"unsupported YAML tag {node.tag!r}", path)
+                self.err(node, f"unsupported YAML tag {_tag(node.tag)!r}", path)
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
         return self._scalar(node, path)
 
     def _mapping(self, node: MappingNode, path: JsonPath) -> Dict[str, Any]:
         if node.tag != "tag:yaml.org,2002:map":
-            self.err(node, f"unsupported YAML tag {node.tag!r}", path)
+            self.err(node, f"unsupported YAML tag {_tag(node.tag)!r}", path)
         out: Dict[str, Any] = {}
         for knode, vnode in node.value:
             if knode.tag == "tag:yaml.org,2002:merge":
@@ -172,6 +177,9 @@ class _Builder:
                 continue
             self.key_positions[kpath] = (knode.start_mark.line + 1, knode.start_mark.column + 1)
             out[key] = self.build(vnode, kpath)
+            if isinstance(vnode, ScalarNode) and vnode.value == "" and vnode.style is None:
+                # an empty value's mark is where the next token starts; point at its key
+                self.positions[kpath] = self.key_positions[kpath]
         return out
 
     def _scalar(self, node: ScalarNode, path: JsonPath) -> Any:
@@ -179,10 +187,14 @@ class _Builder:
             if node.tag.startswith("tag:yaml.org,2002:"):
                 # timestamps, binary, ...: keep the text, the schema will say what was expected
                 return node.value
-            self.err(node, f"unsupported YAML tag {node.tag!r}", path)
+            self.err(node, f"unsupported YAML tag {_tag(node.tag)!r}", path)
             return None
         try:
             return self.constructor.construct_object(node, deep=True)
         except (ConstructorError, ValueError) as e:
             self.err(node, f"invalid scalar {node.value!r}: {e}", path)
             return None
+
+
+def _tag(tag: str) -> str:
+    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag

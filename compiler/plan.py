@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
 from compiler import ansible
-from compiler.model import Node, Topology
+from compiler.model import IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
 
@@ -62,8 +62,10 @@ def plan(topo: Topology) -> List[Artifact]:
         out += [
             Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
             Artifact(f"{base}/{conf_name(topo)}", 0o644, "json", data=cni_config(topo, node)),
-            Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", view),
+            Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
         ]
+    if topo.network.routing == "router":
+        out.append(Artifact("router/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": router_routes_view(topo)}))
     out += ansible.artifacts(topo, out)  # derives the files it ships from `out`: keep it last
     return sorted(out, key=lambda a: a.path)
 
@@ -80,6 +82,8 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
         "routing": net.routing,
         "router": str(net.router) if net.router else "",
         "data_dir": net.data_dir,
+        # IPAM lease store, like host-local: DATADIR/NETWORK
+        "ipam_store": ipam_store(topo),
         "plugin": net.plugin,
         "conf_name": conf_name(topo),
     }
@@ -101,12 +105,99 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         # leaving the cluster's pod range. The plugin and routes.sh install exactly this
         # spelling idempotently (`-C || -A`), so it never piles up and never leaks.
         "masq_rule": masquerade_rule(topo, node),
+        # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
+        "ipam_ranges": [",".join((str(s), str(lo), str(hi), str(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
     }
 
 
 def masquerade_rule(topo: Topology, node: Node) -> List[str]:
     pod_cidr = next(p.cidr for p in topo.network.pools if p.family == node.subnet.version)
     return ["-s", str(node.subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
+
+
+# Routing (routes.sh). A node's routes.sh depends only on the node itself and the
+# network, never on the other nodes: the cluster's table is routes.table, emitted
+# once, so adding a node rewrites routes.table, not every node's script.
+#
+# static: a node routes every other node's subnet (routes.table, all lines but its
+#   own) via that node's address, on its underlay interface.
+# router: a node holds one route per family, the cluster's whole pod range via the
+#   router, on its underlay interface. Its own subnet stays on the bridge (more
+#   specific, connected), so "other subnets" go to the router and nothing else does:
+#   the node's default route and the rest of its table are left alone. The router
+#   routes every node subnet (routes.table, all lines) via the node's address.
+
+
+def forwarding_paths(families) -> List[str]:
+    """The sysctl files that turn on forwarding for these address families."""
+    paths = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
+    return [paths[f] for f in sorted(set(families))]
+
+
+def node_routes_view(topo: Topology, node: Node) -> Dict[str, Any]:
+    net = topo.network
+    router_mode = net.routing == "router"
+    return {
+        "role": "node",
+        "name": node.name,
+        "routing": net.routing,
+        "use_table": not router_mode,
+        "table_node": node.name,
+        "fixed": [(str(p.cidr), str(net.router)) for p in net.pools if router_mode and net.router and net.router.version == p.family],
+        "dev": node.interface,
+        "bridge": net.bridge,
+        "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
+        "own_subnets": " ".join(str(s) for s in node.subnets),
+        "forwarding": forwarding_paths(s.version for s in node.subnets),
+        "masquerade": net.masquerade,
+        "masq_rule": masquerade_rule(topo, node),
+    }
+
+
+def router_routes_view(topo: Topology) -> Dict[str, Any]:
+    net = topo.network
+    return {
+        "role": "router",
+        "name": "router",
+        "routing": net.routing,
+        "use_table": True,
+        "table_node": "",
+        "fixed": [],
+        "dev": "",
+        "bridge": "",
+        "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
+        "own_subnets": "",
+        "forwarding": forwarding_paths(p.family for p in net.pools),
+        "masquerade": False,
+        "masq_rule": [],
+    }
+
+
+def ipam_store(topo: Topology) -> str:
+    """The lease directory: host-local's DATADIR/NETWORK."""
+    return topo.network.data_dir.rstrip("/") + "/" + topo.network.name
+
+
+def ipam_ranges(topo: Topology, node: Node) -> List[Tuple[IPAddress, IPAddress]]:
+    """(first, last) pod address per node subnet: network + rangeStart .. network +
+    rangeEnd, by default host-local's network + 1 .. the address before broadcast.
+    checks.ipam_range guarantees both lie inside the subnet, first <= last."""
+    net = topo.network
+    out = []
+    for subnet in node.subnets:
+        start = net.range_start if net.range_start is not None else 1
+        end = net.range_end if net.range_end is not None else subnet.num_addresses - 2
+        out.append((subnet.network_address + start, subnet.network_address + end))
+    return out
+
+
+def _cni_range(topo: Topology, subnet: IPNetwork, gateway: IPAddress, first: IPAddress, last: IPAddress) -> Dict[str, str]:
+    rng = {"subnet": str(subnet), "gateway": str(gateway)}
+    if topo.network.range_start is not None:
+        rng["rangeStart"] = str(first)
+    if topo.network.range_end is not None:
+        rng["rangeEnd"] = str(last)
+    return rng
 
 
 def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
@@ -120,7 +211,7 @@ def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
         "mtu": net.mtu,
         "ipam": {
             "dataDir": net.data_dir,
-            "ranges": [[{"subnet": str(s), "gateway": str(g)}] for s, g in zip(node.subnets, node.gateways)],
+            "ranges": [[_cni_range(topo, s, g, lo, hi)] for s, g, (lo, hi) in zip(node.subnets, node.gateways, ipam_ranges(topo, node))],
             "routes": [{"dst": "0.0.0.0/0" if s.version == 4 else "::/0"} for s in node.subnets],
         },
     }

@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 from typing import Any, Dict, Iterator
 
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
 from compiler import SCHEMA_PATH
@@ -57,14 +57,34 @@ def schema() -> Dict[str, Any]:
         return json.load(f)
 
 
+def _is_integer(checker, instance) -> bool:
+    # YAML's 24.0 is a float; a prefix length or MTU must be written as an integer
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
 @lru_cache(maxsize=1)
 def validator() -> Draft202012Validator:
     Draft202012Validator.check_schema(schema())
-    return Draft202012Validator(schema(), format_checker=FORMATS)
+    types = Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
+    cls = validators.extend(Draft202012Validator, type_checker=types)
+    return cls(schema(), format_checker=FORMATS)
+
+
+# When one value breaks several keywords, say only the most telling one.
+_PRIORITY = {"type": 0, "enum": 1, "format": 2, "maxLength": 3, "minLength": 3, "pattern": 4}
 
 
 def check(doc: Document) -> Iterator[Diagnostic]:
+    best: Dict[tuple, ValidationError] = {}
+    rest = []
     for error in validator().iter_errors(doc.data):
+        if error.validator in _PRIORITY:
+            key = tuple(error.absolute_path)
+            if key not in best or _PRIORITY[error.validator] < _PRIORITY[best[key].validator]:
+                best[key] = error
+        else:
+            rest.append(error)
+    for error in rest + list(best.values()):
         yield from _diagnose(doc, error)
 
 
@@ -88,11 +108,12 @@ def _diagnose(doc: Document, error: ValidationError) -> Iterator[Diagnostic]:
             if not hint:
                 hint = [k for k in known if k.lower() == key.lower()]
             suffix = f"; did you mean {hint[0]!r}?" if hint else f"; allowed keys: {', '.join(known)}"
-            yield doc.at(path + (key,), f"{where}: unknown key {key!r}{suffix}", key=True)
+            prefix = f"{where}: unknown key" if path else "unknown top-level key"
+            yield doc.at(path + (key,), f"{prefix} {key!r}{suffix}", key=True)
         return
     if kind == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        yield doc.at(path, f"{where}: missing required key {missing!r}")
+        yield doc.at(path, f"{where}: missing required key {missing!r}" if path else f"missing required top-level key {missing!r}")
         return
     yield doc.at(path, f"{where}: {_message(error)}")
 
@@ -101,7 +122,9 @@ def _message(error: ValidationError) -> str:
     kind, value, inst = error.validator, error.validator_value, error.instance
     shown = _show(inst)
     if kind == "type":
-        return f"expected {_a(value)}, got {_json_type(inst)} {shown}"
+        got = "null" if inst is None else f"{_json_type(inst)} {shown}"
+        hint = "; quote it" if value == "string" and isinstance(inst, (int, float)) else ""
+        return f"expected {_a(value)}, got {got}{hint}"
     if kind == "enum":
         return f"{shown} is not one of {', '.join(_show(v) for v in value)}"
     if kind == "pattern":

@@ -223,9 +223,11 @@ def test_routes_handler_applies_routes_inside_a_node_namespace(cluster: Cluster,
     spaces = {}
     for i, node in enumerate(NODES):
         ns = spaces[node] = netns.add(f"an{i}")
-        sh(["ip", "-n", ns, "link", "add", "under0", "type", "veth", "peer", "name", "under1"])
-        sh(["ip", "-n", ns, "addr", "add", f"192.168.77.{2 + i}/24", "dev", "under0"])
-        sh(["ip", "-n", ns, "link", "set", "under0", "up"])
+        dev = "ens3" if node == "beta" else "eth0"  # the topology's underlay interfaces
+        sh(["ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", "under1"])
+        sh(["ip", "-n", ns, "addr", "add", f"192.168.77.{2 + i}/24", "dev", dev])
+        sh(["ip", "-n", ns, "link", "set", "under1", "up"])
+        sh(["ip", "-n", ns, "link", "set", dev, "up"])
     # podnet_node -> namespace, looked up by the handler's command
     cmd = "ip netns exec {{ (" + json.dumps(dict(spaces)) + ")[podnet_node] }} {{ _podnet_etc_dir }}/routes.sh up"
     r = cluster.play(routes_up=cmd)
