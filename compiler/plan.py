@@ -63,6 +63,8 @@ def plan(topo: Topology) -> List[Artifact]:
             Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
             Artifact(f"{base}/{conf_name(topo)}", 0o644, "json", data=cni_config(topo, node)),
             Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
+            # IPAM without util-linux flock: the plugin runs it from its own directory
+            Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
         ]
     if topo.network.routing == "router":
         out.append(Artifact("router/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": router_routes_view(topo)}))
