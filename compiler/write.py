@@ -108,6 +108,12 @@ def apply(out_dir: str, files: Files, pending: List[Change]) -> None:
             _atomic_write(full, content, mode)
 
 
+def replace_file(full: str, content: bytes) -> None:
+    """Atomically replaces an existing file (e.g. the topology, for `allocate --write`),
+    keeping its mode."""
+    _atomic_write(full, content, os.stat(full).st_mode & 0o7777)
+
+
 def _atomic_write(full: str, content: bytes, mode: int) -> None:
     directory = os.path.dirname(full)
     os.makedirs(directory, exist_ok=True)
