@@ -86,3 +86,23 @@ def test_shell_templates_refuse_unquoted_strings():
         _shell_finalize("cni0")
     with pytest.raises(TypeError):
         _shell_finalize(True)
+
+
+def test_overlap_sweep_reports_each_later_node_once():
+    from compiler import checks
+
+    doc = load.load_bytes(b"""network:
+  podCIDR: 10.0.0.0/16
+  nodePrefixLength: 24
+nodes:
+  - {name: a, address: 1.1.1.1, podCIDR: 10.0.2.0/24}
+  - {name: b, address: 1.1.1.2, podCIDR: 10.0.0.0/23}
+  - {name: c, address: 1.1.1.3, podCIDR: 10.0.1.0/24}
+  - {name: d, address: 1.1.1.4, podCIDR: 10.0.2.0/24}
+  - {name: e, address: 1.1.1.5, podCIDR: 10.0.3.0/24}
+""", "t.yaml")
+    msgs = sorted(d.message for d in checks.check(doc) if "overlaps" in d.message)
+    assert msgs == [
+        "nodes[2].podCIDR: 10.0.1.0/24 overlaps 10.0.0.0/23 of node 'b' (nodes[1])",
+        "nodes[3].podCIDR: 10.0.2.0/24 overlaps 10.0.2.0/24 of node 'a' (nodes[0])",
+    ]
