@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
+from compiler import ansible
 from compiler.model import IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
@@ -61,8 +62,13 @@ def plan(topo: Topology) -> List[Artifact]:
         out += [
             Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
             Artifact(f"{base}/{conf_name(topo)}", 0o644, "json", data=cni_config(topo, node)),
-            Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", view),
+            Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
+            # IPAM without util-linux flock: the plugin runs it from its own directory
+            Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
         ]
+    if topo.network.routing == "router":
+        out.append(Artifact("router/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": router_routes_view(topo)}))
+    out += ansible.artifacts(topo, out)  # derives the files it ships from `out`: keep it last
     return sorted(out, key=lambda a: a.path)
 
 
@@ -109,6 +115,64 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
 def masquerade_rule(topo: Topology, node: Node) -> List[str]:
     pod_cidr = next(p.cidr for p in topo.network.pools if p.family == node.subnet.version)
     return ["-s", str(node.subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
+
+
+# Routing (routes.sh). A node's routes.sh depends only on the node itself and the
+# network, never on the other nodes: the cluster's table is routes.table, emitted
+# once, so adding a node rewrites routes.table, not every node's script.
+#
+# static: a node routes every other node's subnet (routes.table, all lines but its
+#   own) via that node's address, on its underlay interface.
+# router: a node holds one route per family, the cluster's whole pod range via the
+#   router, on its underlay interface. Its own subnet stays on the bridge (more
+#   specific, connected), so "other subnets" go to the router and nothing else does:
+#   the node's default route and the rest of its table are left alone. The router
+#   routes every node subnet (routes.table, all lines) via the node's address.
+
+
+def forwarding_paths(families) -> List[str]:
+    """The sysctl files that turn on forwarding for these address families."""
+    paths = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
+    return [paths[f] for f in sorted(set(families))]
+
+
+def node_routes_view(topo: Topology, node: Node) -> Dict[str, Any]:
+    net = topo.network
+    router_mode = net.routing == "router"
+    return {
+        "role": "node",
+        "name": node.name,
+        "routing": net.routing,
+        "use_table": not router_mode,
+        "table_node": node.name,
+        "fixed": [(str(p.cidr), str(net.router)) for p in net.pools if router_mode and net.router and net.router.version == p.family],
+        "dev": node.interface,
+        "bridge": net.bridge,
+        "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
+        "own_subnets": " ".join(str(s) for s in node.subnets),
+        "forwarding": forwarding_paths(s.version for s in node.subnets),
+        "masquerade": net.masquerade,
+        "masq_rule": masquerade_rule(topo, node),
+    }
+
+
+def router_routes_view(topo: Topology) -> Dict[str, Any]:
+    net = topo.network
+    return {
+        "role": "router",
+        "name": "router",
+        "routing": net.routing,
+        "use_table": True,
+        "table_node": "",
+        "fixed": [],
+        "dev": "",
+        "bridge": "",
+        "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
+        "own_subnets": "",
+        "forwarding": forwarding_paths(p.family for p in net.pools),
+        "masquerade": False,
+        "masq_rule": [],
+    }
 
 
 def ipam_store(topo: Topology) -> str:

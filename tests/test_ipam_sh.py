@@ -1,5 +1,6 @@
 """The shell IPAM (templates/plugin/ipam.sh.j2) against a temp-dir store, under
-dash and busybox ash: allocation order, the host-local file format, idempotent
+dash and busybox ash, each on the flock path and on the Python fallback path
+(PATH without flock): allocation order, the host-local file format, idempotent
 ADD, exhaustion, release, GC, input validation and crash leftovers."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Dict
 import pytest
 
 from helpers import have
-from ipam_support import SHELLS, render_ipam, run_ipam, topology_text
+from ipam_support import MODES, ipam_argv, ipam_env, render_ipam, run_ipam, topology_text
 
 pytestmark = pytest.mark.skipif(not have("dash", "busybox", "flock"), reason="needs dash, busybox and flock")
 
@@ -26,7 +27,7 @@ def leases(store: Path) -> Dict[str, bytes]:
     return {k: v for k, v in snapshot(store).items() if re.fullmatch(r"[0-9.]+", k)}
 
 
-@pytest.fixture(params=SHELLS)
+@pytest.fixture(params=MODES)
 def shell(request):
     return request.param
 
@@ -213,32 +214,42 @@ def test_invalid_arguments_are_refused_before_touching_the_store(shell, ipam29, 
 
 
 def test_lock_is_the_store_lock_file_and_held_while_allocating(shell, ipam29, tmp_path):
-    """While another process holds flock(2) on STORE/lock, ADD waits; it finishes
-    once the holder lets go."""
+    """While another process holds flock(2) on STORE/lock, ADD waits (on both
+    paths: flock(1) and the Python fallback); it finishes once the holder lets go."""
     store = tmp_path / "store"
     store.mkdir()
     holder = subprocess.Popen(["flock", str(store / "lock"), "sh", "-c", "read x"], stdin=subprocess.PIPE, text=True)
+    adder = None
     try:
-        for _ in range(100):  # wait until the holder has the lock
+        for _ in range(1000):  # wait until the holder has the lock
             if subprocess.run(["flock", "-n", str(store / "lock"), "true"]).returncode != 0:
                 break
-        adder = subprocess.Popen(
-            ["sh", "-c", f'. "{ipam29}"; IPAM_STORE="{store}"; ipam_add c1 eth0'], stdout=subprocess.PIPE, text=True
-        )
+        adder = subprocess.Popen(ipam_argv(shell, "ipam_add c1 eth0"), env=ipam_env(shell, ipam29, store), stdout=subprocess.PIPE, text=True)
         with pytest.raises(subprocess.TimeoutExpired):
             adder.wait(timeout=1)
         assert leases(store) == {}
         holder.communicate("go\n", timeout=10)
         assert adder.communicate(timeout=30)[0] == "10.244.1.2/29 10.244.1.1\n"
     finally:
-        for p in (holder,):
-            if p.poll() is None:
+        for p in (holder, adder):
+            if p is not None and p.poll() is None:
                 p.kill()
+                p.wait()
+
+
+def test_noflock_path_runs_the_fallback_and_says_what_to_install_without_it(ipam29, tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "podnet-ipam.py").rename(tmp_path / "moved.py")
+    r = run_ipam("dash-noflock", ipam29, store, "ipam_add c1 eth0")
+    assert r.returncode == 1
+    assert "install util-linux" in r.stderr
+    assert not store.exists()
 
 
 ADDR = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$")
 
 
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
 @pytest.mark.parametrize("text", ["0.0.0.0", "255.255.255.255", "10.244.1.2", "1.2.3.4", "192.168.255.0"])
 def test_ip_int_round_trip(shell, ipam29, tmp_path, text):
     r = call(shell, ipam29, tmp_path, f'ipam_ip2int {text} && echo "$IPAM_INT" && ipam_int2ip "$IPAM_INT" && echo "$IPAM_IP"')
@@ -246,6 +257,7 @@ def test_ip_int_round_trip(shell, ipam29, tmp_path, text):
     assert r.stdout.split() == [str(a << 24 | b << 16 | c << 8 | d), text]
 
 
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
 @pytest.mark.parametrize("text", ["", "1.2.3", "1.2.3.4.5", "1..2.3", ".1.2.3", "1.2.3.", "256.1.1.1", "01.2.3.4", "1.2.3.-4", "a.b.c.d", "1.2.3.4/24", "1.2.3.1000"])
 def test_ip2int_refuses_what_is_not_a_dotted_quad(shell, ipam29, tmp_path, text):
     assert call(shell, ipam29, tmp_path, f"ipam_ip2int '{text}'").returncode == 1
