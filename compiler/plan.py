@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
+from compiler import ansible
 from compiler.model import IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
@@ -67,6 +68,7 @@ def plan(topo: Topology) -> List[Artifact]:
         ]
     if topo.network.routing == "router":
         out.append(Artifact("router/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": router_routes_view(topo)}))
+    out += ansible.artifacts(topo, out)  # derives the files it ships from `out`: keep it last
     return sorted(out, key=lambda a: a.path)
 
 

@@ -28,6 +28,8 @@ def noflock_path() -> str:
         import tempfile
 
         bindir = Path(tempfile.mkdtemp(prefix="podnet-noflock-"))
+        if os.path.exists("/usr/bin/python3"):  # a node's python3, not a pyenv shim
+            (bindir / "python3").symlink_to("/usr/bin/python3")
         for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
             if not os.path.isdir(d):
                 continue
