@@ -66,27 +66,27 @@ def artifacts(topo: Topology, planned: Sequence[Any]) -> List[Any]:
     """The inventory and playbook for `topo`, given every other planned artifact."""
     from compiler.plan import Artifact  # plan imports this module
 
-    paths = [a.path for a in planned]
-    node_files = _node_files(topo, paths)
-    router_files = sorted(p for p in paths if p.startswith("router/"))
+    modes = {a.path: f"{a.mode:04o}" for a in planned}
+    node_files = _node_files(topo, modes)
+    router_files = {p: m for p, m in sorted(modes.items()) if p.startswith("router/")}
     return [
         Artifact(INVENTORY, 0o644, "yaml", data=inventory(topo, bool(router_files))),
         Artifact(PLAYBOOK, 0o644, "yaml", data=playbook(topo, node_files, router_files)),
     ]
 
 
-def _node_files(topo: Topology, paths: Sequence[str]) -> List[str]:
-    """The file names every node directory holds (the same for every node)."""
-    per_node: Dict[str, set] = {n.name: set() for n in topo.nodes}
-    for p in paths:
+def _node_files(topo: Topology, modes: Dict[str, str]) -> Dict[str, str]:
+    """name -> mode of the files every node directory holds (the same for every node)."""
+    per_node: Dict[str, Dict[str, str]] = {n.name: {} for n in topo.nodes}
+    for p, mode in modes.items():
         parts = p.split("/")
         if len(parts) == 3 and parts[0] == "nodes":
-            per_node[parts[1]].add(parts[2])
-    names = next(iter(per_node.values()))
-    odd = [n for n, files in per_node.items() if files != names]
+            per_node[parts[1]][parts[2]] = mode
+    files = next(iter(per_node.values()))
+    odd = [n for n, own in per_node.items() if own != files]
     if odd:  # a bug in plan: the playbook ships one list of files to every node
         raise AssertionError(f"node directories differ in their files ({odd[0]}); the playbook needs one list")
-    return sorted(names)
+    return dict(sorted(files.items()))
 
 
 def inventory(topo: Topology, with_router: bool) -> Dict[str, Any]:
@@ -98,33 +98,31 @@ def inventory(topo: Topology, with_router: bool) -> Dict[str, Any]:
     return {"all": {"children": groups}}
 
 
-def playbook(topo: Topology, node_files: Sequence[str], router_files: Sequence[str]) -> List[Dict[str, Any]]:
-    src = f"{{{{ playbook_dir }}}}/../nodes/{{{{ podnet_node }}}}"
-    installs = [_install(topo, name, f"{src}/{name}") for name in node_files]
+def playbook(topo: Topology, node_files: Dict[str, str], router_files: Dict[str, str]) -> List[Dict[str, Any]]:
+    """One play for the nodes, and one for the router when there is a router/ directory.
+    Both take name -> mode of the files to ship."""
+    src = "{{ playbook_dir }}/../nodes/{{ podnet_node }}"
+    installs = [_install(topo, name, f"{src}/{name}", mode) for name, mode in node_files.items()]
     if "routes.sh" in node_files:
         installs.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", "0644"))
     plays = [_play(topo, f"Install pod network {topo.network.name} on its nodes", NODES_GROUP, installs, node=True)]
     if router_files:
-        router = [("etc", posixpath.basename(p), f"{{{{ playbook_dir }}}}/../{p}", _mode(p)) for p in router_files]
+        router = [("etc", posixpath.basename(p), f"{{{{ playbook_dir }}}}/../{p}", mode) for p, mode in router_files.items()]
         if "router/routes.sh" in router_files:
             router.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", "0644"))
         plays.append(_play(topo, f"Install pod network {topo.network.name} routes on the router", ROUTER_GROUP, router, node=False))
     return plays
 
 
-def _mode(path: str) -> str:
-    return "0755" if path.endswith(".sh") else "0644"
-
-
-def _install(topo: Topology, name: str, src: str) -> Tuple[str, str, str, str]:
+def _install(topo: Topology, name: str, src: str, mode: str) -> Tuple[str, str, str, str]:
     """(directory key, destination name, source, mode) of one node file."""
     if name == "net-setup.sh":
-        return ("bin", topo.network.plugin, src, "0755")
+        return ("bin", topo.network.plugin, src, mode)
     if name.endswith(".py"):
-        return ("bin", name, src, "0755")
+        return ("bin", name, src, mode)
     if name.endswith((".conflist", ".conf")):
-        return ("conf", name, src, "0644")
-    return ("etc", name, src, _mode(name))
+        return ("conf", name, src, mode)
+    return ("etc", name, src, mode)
 
 
 def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, str, str, str]], node: bool) -> Dict[str, Any]:

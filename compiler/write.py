@@ -122,6 +122,19 @@ def apply(out_dir: str, files: Files, pending: List[Change]) -> None:
             os.chmod(full, files[change.path][1])
 
 
+def replace_file(full: str, content: bytes) -> None:
+    """Atomically replaces an existing file (e.g. the topology, for `allocate --write`),
+    keeping its mode; synced before the rename so a crash leaves the old or the new file."""
+    tmp = _stage(full, content, os.stat(full).st_mode & 0o7777)
+    try:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, full)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
 def _stage(full: str, content: bytes, mode: int) -> str:
     directory = os.path.dirname(full)
     os.makedirs(directory, exist_ok=True)
