@@ -292,3 +292,14 @@ def test_rendered_partial_is_shellcheck_clean(tmp_path):
         script = render_ipam(d, topology_text(extra=extra))
         r = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout
+
+
+def test_an_unusable_lock_is_a_plain_failure_never_exhaustion(shell, ipam29, tmp_path):
+    """A shell's redirection error has status 2, which must not read as "pool
+    exhausted": the caller would return the wrong CNI error."""
+    store = tmp_path / "store"
+    (store / "lock").mkdir(parents=True)
+    r = call(shell, ipam29, store, "ipam_add c1 eth0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert "lock" in r.stderr
+    assert [p.name for p in store.iterdir()] == ["lock"]
