@@ -74,7 +74,7 @@ def node_prefix_fits(f: Facts) -> Iterator[Diagnostic]:
 
 def pinned_subnets(f: Facts) -> Iterator[Diagnostic]:
     """Pinned subnets: inside podCIDR, of the node size, not overlapping each other."""
-    seen: List[Tuple[Any, int]] = []
+    pinned: List[Tuple[Any, int]] = []
     for i, n in enumerate(f.nodes):
         sub = _network(n.get("podCIDR"))
         if sub is None:
@@ -85,11 +85,26 @@ def pinned_subnets(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(path, f"{where}: {sub} is outside network.podCIDR {f.pod_cidr}")
         elif f.node_prefix is not None and sub.prefixlen != f.node_prefix:
             yield f.doc.at(path, f"{where}: {sub} is a /{sub.prefixlen}, but network.nodePrefixLength is {f.node_prefix}")
-        for other, j in seen:
-            if sub.version == other.version and sub.overlaps(other):
-                yield f.doc.at(path, f"{where}: {sub} overlaps {other} of node {_name(f, j)} (nodes[{j}])")
-                break
-        seen.append((sub, i))
+        pinned.append((sub, i))
+    yield from _overlaps(f, pinned)
+
+
+def _overlaps(f: Facts, pinned: List[Tuple[Any, int]]) -> Iterator[Diagnostic]:
+    """Each subnet that overlaps one earlier in the file, in O(n log n): sweep the
+    subnets by start address, keeping the one reaching furthest so far."""
+    spans = sorted(
+        (sub.version, int(sub.network_address), i, int(sub.broadcast_address), sub)
+        for sub, i in pinned
+    )
+    reach: Optional[Tuple[int, int, int, Any]] = None  # (version, end, index, subnet)
+    for version, start, i, end, sub in spans:
+        if reach is not None and reach[0] == version and start <= reach[1]:
+            # report on the later of the two nodes in file order
+            later, earlier, other = (i, reach[2], reach[3]) if i > reach[2] else (reach[2], i, sub)
+            later_sub = sub if later == i else reach[3]
+            yield f.doc.at(f.node_path(later, "podCIDR"), f"nodes[{later}].podCIDR: {later_sub} overlaps {other} of node {_name(f, earlier)} (nodes[{earlier}])")
+        if reach is None or reach[0] != version or end > reach[1]:
+            reach = (version, end, i, sub)
 
 
 def unique_names(f: Facts) -> Iterator[Diagnostic]:
@@ -158,6 +173,25 @@ def bridge_not_underlay(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(f.node_path(i, "interface"), f"nodes[{i}].interface: {bridge!r} is also network.bridge; the pod bridge cannot be the underlay interface")
 
 
+def ipam_range(f: Facts) -> Iterator[Diagnostic]:
+    """rangeStart/rangeEnd (host offsets in every node subnet): inside the subnet
+    (never the network or broadcast address), start <= end, and room for a pod
+    besides the gateway (offset 1)."""
+    start, end = f.net.get("rangeStart"), f.net.get("rangeEnd")
+    start = start if isinstance(start, int) and not isinstance(start, bool) else None
+    end = end if isinstance(end, int) and not isinstance(end, bool) else None
+    if f.pod_cidr is not None and f.node_prefix is not None and f.pod_cidr.prefixlen <= f.node_prefix <= f.pod_cidr.max_prefixlen - 2:
+        last = (1 << (f.pod_cidr.max_prefixlen - f.node_prefix)) - 2
+        for key, value in (("rangeStart", start), ("rangeEnd", end)):
+            if value is not None and value > last:
+                yield f.doc.at(("network", key), f"network.{key}: offset {value} is outside a /{f.node_prefix} node subnet, whose pod addresses are offsets 1..{last}")
+    if start is not None and end is not None:
+        if start > end:
+            yield f.doc.at(("network", "rangeEnd"), f"network.rangeEnd: {end} is before network.rangeStart {start}")
+        elif start == end == 1:
+            yield f.doc.at(("network", "rangeEnd"), "network.rangeEnd: the range holds only the gateway (offset 1); no address is left for pods")
+
+
 def _name(f: Facts, i: int) -> str:
     name = f.nodes[i].get("name")
     return repr(name) if isinstance(name, str) else f"#{i}"
@@ -173,6 +207,7 @@ RULES: Tuple[Rule, ...] = (
     capacity,
     router_mode,
     bridge_not_underlay,
+    ipam_range,
 )
 
 

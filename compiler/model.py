@@ -58,6 +58,10 @@ class Network:
     router: Optional[IPAddress]
     data_dir: str
     plugin: str
+    # IPAM range inside every node subnet, as offsets from its network address;
+    # None: host-local's defaults (network + 1 .. broadcast - 1). See plan.ipam_ranges.
+    range_start: Optional[int] = None
+    range_end: Optional[int] = None
 
     @property
     def pool(self) -> Pool:

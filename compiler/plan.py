@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
-from compiler.model import CNI_VERSIONS, Node, Topology
+from compiler import ansible, review
+from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
 
@@ -54,7 +55,7 @@ def plan(topo: Topology) -> List[Artifact]:
     common = {"source": src, "network": _network_view(topo)}
     out: List[Artifact] = [
         Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table(topo)}),
-        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, "nodes": [_node_view(topo, n) for n in topo.nodes], "routes": route_table(topo)}),
+        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, route_table(topo))}),
     ]
     for node in topo.nodes:
         view = {**common, "node": _node_view(topo, node)}
@@ -62,8 +63,13 @@ def plan(topo: Topology) -> List[Artifact]:
         out += [
             Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
             Artifact(f"{base}/{conf_name(topo)}", 0o644, "json", data=cni_config(topo, node)),
-            Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", view),
+            Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
+            # IPAM without util-linux flock: the plugin runs it from its own directory
+            Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
         ]
+    if topo.network.routing == "router":
+        out.append(Artifact("router/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": router_routes_view(topo)}))
+    out += ansible.artifacts(topo, out)  # derives the files it ships from `out`: keep it last
     return sorted(out, key=lambda a: a.path)
 
 
@@ -79,6 +85,8 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
         "routing": net.routing,
         "router": str(net.router) if net.router else "",
         "data_dir": net.data_dir,
+        # IPAM lease store, like host-local: DATADIR/NETWORK
+        "ipam_store": ipam_store(topo),
         "plugin": net.plugin,
         "conf_name": conf_name(topo),
         # The spec versions the plugin speaks (VERSION), oldest first.
@@ -108,7 +116,9 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "bridge_addresses": [f"{g}/{s.prefixlen}" for g, s in zip(node.gateways, node.subnets)],
         "pod_routes": pod_routes(node),
         "bridge_mac": bridge_mac(topo, node),
-        "store_lock": f"{topo.network.data_dir.rstrip('/')}/{topo.network.name}/lock",
+        "store_lock": f"{ipam_store(topo)}/lock",
+        # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
+        "ipam_ranges": [",".join((str(s), str(lo), str(hi), str(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
     }
 
 
@@ -131,6 +141,91 @@ def masquerade_rule(topo: Topology, node: Node) -> List[str]:
     return ["-s", str(node.subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
 
 
+# Routing (routes.sh). A node's routes.sh depends only on the node itself and the
+# network, never on the other nodes: the cluster's table is routes.table, emitted
+# once, so adding a node rewrites routes.table, not every node's script.
+#
+# static: a node routes every other node's subnet (routes.table, all lines but its
+#   own) via that node's address, on its underlay interface.
+# router: a node holds one route per family, the cluster's whole pod range via the
+#   router, on its underlay interface. Its own subnet stays on the bridge (more
+#   specific, connected), so "other subnets" go to the router and nothing else does:
+#   the node's default route and the rest of its table are left alone. The router
+#   routes every node subnet (routes.table, all lines) via the node's address.
+
+
+def forwarding_paths(families) -> List[str]:
+    """The sysctl files that turn on forwarding for these address families."""
+    paths = {4: "/proc/sys/net/ipv4/ip_forward", 6: "/proc/sys/net/ipv6/conf/all/forwarding"}
+    return [paths[f] for f in sorted(set(families))]
+
+
+def node_routes_view(topo: Topology, node: Node) -> Dict[str, Any]:
+    net = topo.network
+    router_mode = net.routing == "router"
+    return {
+        "role": "node",
+        "name": node.name,
+        "routing": net.routing,
+        "use_table": not router_mode,
+        "table_node": node.name,
+        "fixed": [(str(p.cidr), str(net.router)) for p in net.pools if router_mode and net.router and net.router.version == p.family],
+        "dev": node.interface,
+        "bridge": net.bridge,
+        "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
+        "own_subnets": " ".join(str(s) for s in node.subnets),
+        "forwarding": forwarding_paths(s.version for s in node.subnets),
+        "masquerade": net.masquerade,
+        "masq_rule": masquerade_rule(topo, node),
+    }
+
+
+def router_routes_view(topo: Topology) -> Dict[str, Any]:
+    net = topo.network
+    return {
+        "role": "router",
+        "name": "router",
+        "routing": net.routing,
+        "use_table": True,
+        "table_node": "",
+        "fixed": [],
+        "dev": "",
+        "bridge": "",
+        "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
+        "own_subnets": "",
+        "forwarding": forwarding_paths(p.family for p in net.pools),
+        "masquerade": False,
+        "masq_rule": [],
+    }
+
+
+def ipam_store(topo: Topology) -> str:
+    """The lease directory: host-local's DATADIR/NETWORK."""
+    return topo.network.data_dir.rstrip("/") + "/" + topo.network.name
+
+
+def ipam_ranges(topo: Topology, node: Node) -> List[Tuple[IPAddress, IPAddress]]:
+    """(first, last) pod address per node subnet: network + rangeStart .. network +
+    rangeEnd, by default host-local's network + 1 .. the address before broadcast.
+    checks.ipam_range guarantees both lie inside the subnet, first <= last."""
+    net = topo.network
+    out = []
+    for subnet in node.subnets:
+        start = net.range_start if net.range_start is not None else 1
+        end = net.range_end if net.range_end is not None else subnet.num_addresses - 2
+        out.append((subnet.network_address + start, subnet.network_address + end))
+    return out
+
+
+def _cni_range(topo: Topology, subnet: IPNetwork, gateway: IPAddress, first: IPAddress, last: IPAddress) -> Dict[str, str]:
+    rng = {"subnet": str(subnet), "gateway": str(gateway)}
+    if topo.network.range_start is not None:
+        rng["rangeStart"] = str(first)
+    if topo.network.range_end is not None:
+        rng["rangeEnd"] = str(last)
+    return rng
+
+
 def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
     """The network configuration the runtime passes to the plugin on stdin."""
     net = topo.network
@@ -142,7 +237,7 @@ def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
         "mtu": net.mtu,
         "ipam": {
             "dataDir": net.data_dir,
-            "ranges": [[{"subnet": str(s), "gateway": str(g)}] for s, g in zip(node.subnets, node.gateways)],
+            "ranges": [[_cni_range(topo, s, g, lo, hi)] for s, g, (lo, hi) in zip(node.subnets, node.gateways, ipam_ranges(topo, node))],
             "routes": [{"dst": dst} for dst in pod_routes(node)],
         },
     }

@@ -54,6 +54,8 @@ def canonicalise(doc: Document) -> Topology:
         router=ipaddress.ip_address(net["router"]) if "router" in net else None,
         data_dir=net["dataDir"],
         plugin=net["plugin"],
+        range_start=net.get("rangeStart"),
+        range_end=net.get("rangeEnd"),
     )
     nodes = tuple(
         Node(

@@ -94,37 +94,66 @@ def changes(out_dir: str, files: Files) -> List[Change]:
 
 
 def apply(out_dir: str, files: Files, pending: List[Change]) -> None:
-    """Writes what `changes` found; the manifest goes last so a crash leaves the old one."""
-    ordered = sorted(pending, key=lambda c: (c.path == MANIFEST, c.path))
-    for change in ordered:
+    """Writes what `changes` found. New contents go to temporary files first, then one
+    sync, then each is renamed over its target (atomic per file); the manifest is
+    renamed last, so a crash part-way leaves the previous manifest."""
+    staged: List[Tuple[str, str]] = []  # (temp, target)
+    try:
+        for change in pending:
+            if change.kind in ("new", "changed"):
+                content, mode = files[change.path]
+                full = os.path.join(out_dir, change.path)
+                staged.append((_stage(full, content, mode), full))
+        if staged:
+            os.sync()  # one sync for all files, not an fsync per file
+        staged.sort(key=lambda s: s[1].endswith(os.sep + MANIFEST) or s[1] == MANIFEST)
+        while staged:
+            tmp, full = staged.pop(0)
+            os.replace(tmp, full)
+    finally:
+        for tmp, _ in staged:
+            _unlink_quietly(tmp)
+    for change in pending:
         full = os.path.join(out_dir, change.path)
         if change.kind == "removed":
             os.unlink(full)
             _prune_empty_dirs(out_dir, os.path.dirname(change.path))
         elif change.kind == "mode":
             os.chmod(full, files[change.path][1])
-        else:
-            content, mode = files[change.path]
-            _atomic_write(full, content, mode)
 
 
-def _atomic_write(full: str, content: bytes, mode: int) -> None:
+def replace_file(full: str, content: bytes) -> None:
+    """Atomically replaces an existing file (e.g. the topology, for `allocate --write`),
+    keeping its mode; synced before the rename so a crash leaves the old or the new file."""
+    tmp = _stage(full, content, os.stat(full).st_mode & 0o7777)
+    try:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, full)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _stage(full: str, content: bytes, mode: int) -> str:
     directory = os.path.dirname(full)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".podnet-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, full)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    return tmp
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _prune_empty_dirs(out_dir: str, rel_dir: str) -> None:

@@ -55,11 +55,14 @@ class Namespaces:
         self.prefix = f"{RUN_PREFIX}{uuid.uuid4().hex[:4]}-"
         self.created: List[str] = []
 
-    def add(self, suffix: str) -> str:
+    def add(self, suffix: str, lo_up: bool = True) -> str:
+        """A new namespace; `lo_up=False` leaves loopback down, as a runtime's
+        fresh pod sandbox has it (so a test can see who brings it up)."""
         name = f"{self.prefix}{suffix}"
         sh(["ip", "netns", "add", name])
         self.created.append(name)
-        sh(["ip", "-n", name, "link", "set", "lo", "up"])
+        if lo_up:
+            sh(["ip", "-n", name, "link", "set", "lo", "up"])
         return name
 
     def cleanup(self) -> None:

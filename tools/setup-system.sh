@@ -15,6 +15,10 @@ golang-go:/usr/bin/go
 golang-github-appc-cni-dev:/usr/share/gocode/src/github.com/containernetworking/cni/libcni/api.go
 containernetworking-plugins:/usr/lib/cni/bridge
 strace:/usr/bin/strace
+iputils-ping:/usr/bin/ping
+podman:/usr/bin/podman
+runc:/usr/sbin/runc
+busybox-static:/usr/share/doc/busybox-static
 "
 
 missing=""

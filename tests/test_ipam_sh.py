@@ -1,0 +1,305 @@
+"""The shell IPAM (templates/plugin/ipam.sh.j2) against a temp-dir store, under
+dash and busybox ash, each on the flock path and on the Python fallback path
+(PATH without flock): allocation order, the host-local file format, idempotent
+ADD, exhaustion, release, GC, input validation and crash leftovers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from helpers import have
+from ipam_support import MODES, ipam_argv, ipam_env, render_ipam, run_ipam, topology_text
+
+pytestmark = pytest.mark.skipif(not have("dash", "busybox", "flock"), reason="needs dash, busybox and flock")
+
+
+def snapshot(store: Path) -> Dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(store.iterdir())} if store.exists() else {}
+
+
+def leases(store: Path) -> Dict[str, bytes]:
+    return {k: v for k, v in snapshot(store).items() if re.fullmatch(r"[0-9.]+", k)}
+
+
+@pytest.fixture(params=MODES)
+def shell(request):
+    return request.param
+
+
+@pytest.fixture
+def ipam29(tmp_path):
+    """The partial for a /29 node subnet: pod addresses .2-.6 (.1 is the gateway)."""
+    return render_ipam(tmp_path, topology_text("10.244.1.0/29", 29))
+
+
+def call(shell, script, store, what, **kw):
+    return run_ipam(shell, script, store, what, **kw)
+
+
+def test_first_add_takes_the_address_after_the_gateway_in_host_local_format(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    r = call(shell, ipam29, store, "ipam_add c1 eth0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "10.244.1.2/29 10.244.1.1\n", "")
+    assert snapshot(store) == {"10.244.1.2": b"c1\r\neth0", "last_reserved_ip.0": b"10.244.1.2", "lock": b""}
+
+
+def test_add_is_round_robin_after_last_reserved(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    got = [call(shell, ipam29, store, f"ipam_add c{i} eth0").stdout for i in range(3)]
+    assert got == [f"10.244.1.{n}/29 10.244.1.1\n" for n in (2, 3, 4)]
+    assert call(shell, ipam29, store, "ipam_del c0 eth0").returncode == 0
+    # .2 is free again, but round robin continues after the last reserved (.4)
+    assert call(shell, ipam29, store, "ipam_add c3 eth0").stdout == "10.244.1.5/29 10.244.1.1\n"
+    assert call(shell, ipam29, store, "ipam_add c4 eth0").stdout == "10.244.1.6/29 10.244.1.1\n"
+    # wraps to the range's start
+    assert call(shell, ipam29, store, "ipam_add c5 eth0").stdout == "10.244.1.2/29 10.244.1.1\n"
+
+
+@pytest.mark.parametrize("last,expected", [("10.244.1.6", 2), ("10.244.1.3", 4), ("10.9.9.9", 2), ("garbage", 2), ("", 2), ("10.244.1.1", 2)])
+def test_last_reserved_ip_is_honoured_only_inside_the_range(shell, ipam29, tmp_path, last, expected):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "last_reserved_ip.0").write_text(last)
+    assert call(shell, ipam29, store, "ipam_add c1 eth0").stdout == f"10.244.1.{expected}/29 10.244.1.1\n"
+
+
+def test_second_add_of_the_same_pair_returns_its_lease(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    first = call(shell, ipam29, store, "ipam_add c1 eth0").stdout
+    before = snapshot(store)
+    again = call(shell, ipam29, store, "ipam_add c1 eth0")
+    assert (again.returncode, again.stdout) == (0, first)
+    assert snapshot(store) == before
+    # another interface of the same container is another attachment
+    assert call(shell, ipam29, store, "ipam_add c1 net1").stdout == "10.244.1.3/29 10.244.1.1\n"
+
+
+def test_full_pool_returns_2_and_takes_nothing(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    for i in range(5):
+        assert call(shell, ipam29, store, f"ipam_add c{i} eth0").returncode == 0
+    assert sorted(leases(store)) == [f"10.244.1.{n}" for n in range(2, 7)]
+    before = snapshot(store)
+    r = call(shell, ipam29, store, "ipam_add c9 eth0")
+    assert r.returncode == 2
+    assert r.stdout == ""
+    assert "no free address left in 10.244.1.0/29" in r.stderr
+    assert snapshot(store) == before
+    # the pairs that hold a lease still get it
+    assert call(shell, ipam29, store, "ipam_add c4 eth0").returncode == 0
+
+
+def test_addresses_leased_by_others_are_skipped(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "10.244.1.2").write_bytes(b"other\r\neth0")
+    (store / "10.244.1.3").write_bytes(b"legacy-owner")
+    assert call(shell, ipam29, store, "ipam_add c1 eth0").stdout == "10.244.1.4/29 10.244.1.1\n"
+
+
+def test_empty_lease_file_left_by_a_crashed_writer_is_reclaimed(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "10.244.1.2").write_bytes(b"")
+    assert call(shell, ipam29, store, "ipam_add c1 eth0").stdout == "10.244.1.2/29 10.244.1.1\n"
+    assert (store / "10.244.1.2").read_bytes() == b"c1\r\neth0"
+
+
+def test_range_start_and_end_are_honoured(shell, tmp_path):
+    script = render_ipam(tmp_path, topology_text(extra="  rangeStart: 10\n  rangeEnd: 12\n"))
+    store = tmp_path / "store"
+    got = [call(shell, script, store, f"ipam_add c{i} eth0") for i in range(4)]
+    assert [g.stdout for g in got[:3]] == [f"10.244.1.{n}/24 10.244.1.1\n" for n in (10, 11, 12)]
+    assert got[3].returncode == 2
+
+
+def test_get_prints_the_lease_or_nothing(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    assert call(shell, ipam29, store, "ipam_get c1 eth0").stdout == ""
+    call(shell, ipam29, store, "ipam_add c1 eth0")
+    call(shell, ipam29, store, "ipam_add c2 eth0")
+    r = call(shell, ipam29, store, "ipam_get c2 eth0")
+    assert (r.returncode, r.stdout) == (0, "10.244.1.3/29 10.244.1.1\n")
+    assert call(shell, ipam29, store, "ipam_get c2 eth1").stdout == ""
+
+
+def test_del_releases_only_the_pair(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    for what in ("ipam_add c1 eth0", "ipam_add c1 net1", "ipam_add c2 eth0"):
+        call(shell, ipam29, store, what)
+    r = call(shell, ipam29, store, "ipam_del c1 eth0")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert leases(store) == {"10.244.1.3": b"c1\r\nnet1", "10.244.1.4": b"c2\r\neth0"}
+    # tolerant: again, and for a pair that never had a lease
+    assert call(shell, ipam29, store, "ipam_del c1 eth0").returncode == 0
+    assert call(shell, ipam29, store, "ipam_del nobody eth0").returncode == 0
+    assert len(leases(store)) == 2
+
+
+def test_del_releases_legacy_id_only_files_when_the_pair_has_none(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "10.244.1.2").write_bytes(b"c1")
+    (store / "10.244.1.3").write_bytes(b"c1\r\n")
+    (store / "10.244.1.4").write_bytes(b"c10")
+    assert call(shell, ipam29, store, "ipam_del c1 eth0").returncode == 0
+    assert leases(store) == {"10.244.1.4": b"c10"}
+
+
+def test_del_keeps_legacy_files_when_the_pair_has_a_lease(shell, ipam29, tmp_path):
+    """Like host-local: the ID-only files are a fallback for pairs without a lease."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "10.244.1.2").write_bytes(b"c1")
+    (store / "10.244.1.5").write_bytes(b"c1\r\neth0")
+    call(shell, ipam29, store, "ipam_del c1 eth0")
+    assert leases(store) == {"10.244.1.2": b"c1"}
+
+
+def test_del_removes_temp_files_of_killed_writers(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / ".podnet-lease.4242").write_bytes(b"c1\r\neth0")
+    call(shell, ipam29, store, "ipam_del c1 eth0")
+    assert not (store / ".podnet-lease.4242").exists()
+
+
+def test_gc_releases_every_lease_not_listed(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    for what in ("ipam_add c1 eth0", "ipam_add c1 net1", "ipam_add c2 eth0"):
+        call(shell, ipam29, store, what)
+    (store / "10.244.1.5").write_bytes(b"c3")  # legacy, ID listed: kept
+    (store / "10.244.1.6").write_bytes(b"")  # crashed writer: garbage
+    (store / ".podnet-lease.77").write_bytes(b"x\r\neth0")
+    r = call(shell, ipam29, store, "ipam_gc", input="c1 net1\nc3 eth0\n")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert leases(store) == {"10.244.1.3": b"c1\r\nnet1", "10.244.1.5": b"c3"}
+    assert sorted(snapshot(store)) == ["10.244.1.3", "10.244.1.5", "last_reserved_ip.0", "lock"]
+
+
+def test_gc_with_an_empty_list_releases_everything(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    call(shell, ipam29, store, "ipam_add c1 eth0")
+    assert call(shell, ipam29, store, "ipam_gc", input="").returncode == 0
+    assert leases(store) == {}
+
+
+@pytest.mark.parametrize("line", ["c1", "c1 eth0 extra", "-bad eth0", "c1 a/b", "c1 eth0\r"])
+def test_gc_refuses_a_malformed_list_and_releases_nothing(shell, ipam29, tmp_path, line):
+    store = tmp_path / "store"
+    call(shell, ipam29, store, "ipam_add c1 eth0")
+    call(shell, ipam29, store, "ipam_add c2 eth0")
+    before = snapshot(store)
+    r = call(shell, ipam29, store, "ipam_gc", input=f"c2 eth0\n{line}\n")
+    assert r.returncode == 1
+    assert "nothing released" in r.stderr
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize("args", ["'' eth0", "-x eth0", "'a b' eth0", "'c1;x' eth0", "c1 ''", "c1 a/b", "c1 a:b", "c1 .", "c1 ..", "c1 'a b'", "c1 abcdefghijklmnop", "c1", "c1 eth0 x"])
+def test_invalid_arguments_are_refused_before_touching_the_store(shell, ipam29, tmp_path, args):
+    store = tmp_path / "store"
+    for fn in ("ipam_add", "ipam_get", "ipam_del"):
+        r = call(shell, ipam29, store, f"{fn} {args}")
+        assert r.returncode == 1, (fn, args)
+        assert r.stdout == ""
+        assert r.stderr.startswith("ipam: ")
+    assert not store.exists()
+
+
+def test_lock_is_the_store_lock_file_and_held_while_allocating(shell, ipam29, tmp_path):
+    """While another process holds flock(2) on STORE/lock, ADD waits (on both
+    paths: flock(1) and the Python fallback); it finishes once the holder lets go."""
+    store = tmp_path / "store"
+    store.mkdir()
+    holder = subprocess.Popen(["flock", str(store / "lock"), "sh", "-c", "read x"], stdin=subprocess.PIPE, text=True)
+    adder = None
+    try:
+        for _ in range(1000):  # wait until the holder has the lock
+            if subprocess.run(["flock", "-n", str(store / "lock"), "true"]).returncode != 0:
+                break
+        adder = subprocess.Popen(ipam_argv(shell, "ipam_add c1 eth0"), env=ipam_env(shell, ipam29, store), stdout=subprocess.PIPE, text=True)
+        with pytest.raises(subprocess.TimeoutExpired):
+            adder.wait(timeout=1)
+        assert leases(store) == {}
+        holder.communicate("go\n", timeout=10)
+        assert adder.communicate(timeout=30)[0] == "10.244.1.2/29 10.244.1.1\n"
+    finally:
+        for p in (holder, adder):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_noflock_path_runs_the_fallback_and_says_what_to_install_without_it(ipam29, tmp_path):
+    store = tmp_path / "store"
+    (tmp_path / "podnet-ipam.py").rename(tmp_path / "moved.py")
+    r = run_ipam("dash-noflock", ipam29, store, "ipam_add c1 eth0")
+    assert r.returncode == 1
+    assert "install util-linux" in r.stderr
+    assert not store.exists()
+
+
+ADDR = re.compile(r"^(\d+)\.(\d+)\.(\d+)\.(\d+)$")
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+@pytest.mark.parametrize("text", ["0.0.0.0", "255.255.255.255", "10.244.1.2", "1.2.3.4", "192.168.255.0"])
+def test_ip_int_round_trip(shell, ipam29, tmp_path, text):
+    r = call(shell, ipam29, tmp_path, f'ipam_ip2int {text} && echo "$IPAM_INT" && ipam_int2ip "$IPAM_INT" && echo "$IPAM_IP"')
+    a, b, c, d = map(int, text.split("."))
+    assert r.stdout.split() == [str(a << 24 | b << 16 | c << 8 | d), text]
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+@pytest.mark.parametrize("text", ["", "1.2.3", "1.2.3.4.5", "1..2.3", ".1.2.3", "1.2.3.", "256.1.1.1", "01.2.3.4", "1.2.3.-4", "a.b.c.d", "1.2.3.4/24", "1.2.3.1000"])
+def test_ip2int_refuses_what_is_not_a_dotted_quad(shell, ipam29, tmp_path, text):
+    assert call(shell, ipam29, tmp_path, f"ipam_ip2int '{text}'").returncode == 1
+
+
+def test_a_16_subnet_allocates_without_a_process_per_candidate(ipam29, tmp_path):
+    """A /16 node subnet with 1,000 addresses taken after last_reserved_ip: the
+    next ADD starts processes only for flock, ln and rm -- never python."""
+    if not have("strace"):
+        pytest.skip("needs strace")
+    script = render_ipam(tmp_path, topology_text("10.244.0.0/16", 16, pod_cidr="10.244.0.0/16"))
+    store = tmp_path / "store"
+    store.mkdir()
+    for i in range(2, 1002):
+        (store / f"10.244.{i >> 8}.{i & 255}").write_bytes(f"x{i}\r\neth0".encode())
+    (store / "last_reserved_ip.0").write_text("10.244.0.1")
+    trace = tmp_path / "trace"
+    prog = f'. "{script}"; IPAM_STORE="{store}"; ipam_add c1 eth0'
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), "dash", "-c", prog], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, "10.244.3.234/16 10.244.0.1\n")  # 1002 = 3*256 + 234
+    execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
+    names = sorted(os.path.basename(e) for e in execs[1:])
+    assert names == ["flock", "ln", "rm"], execs
+
+
+def test_rendered_partial_is_shellcheck_clean(tmp_path):
+    if not have("shellcheck"):
+        pytest.skip("needs shellcheck")
+    for i, extra in enumerate(["", "  rangeStart: 5\n  rangeEnd: 100\n"]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        script = render_ipam(d, topology_text(extra=extra))
+        r = subprocess.run(["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout
+
+
+def test_an_unusable_lock_is_a_plain_failure_never_exhaustion(shell, ipam29, tmp_path):
+    """A shell's redirection error has status 2, which must not read as "pool
+    exhausted": the caller would return the wrong CNI error."""
+    store = tmp_path / "store"
+    (store / "lock").mkdir(parents=True)
+    r = call(shell, ipam29, store, "ipam_add c1 eth0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert "lock" in r.stderr
+    assert [p.name for p in store.iterdir()] == ["lock"]

@@ -1,0 +1,363 @@
+"""routes.sh (node and router) and routes.table: generated text, shellcheck, and
+real runs in network namespaces under dash and busybox ash.
+
+Every route lives in a namespace created here (the `netns` fixture); the node's
+underlay interface is one end of a veth pair inside that namespace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from helpers import have, podnet, sh, write_topology
+
+SHELLS = [pytest.param(["dash"], id="dash"), pytest.param(["busybox", "ash"], id="busybox-ash")]
+
+STATIC = """
+network:
+  name: podnet
+  podCIDR: 10.244.0.0/16
+  masquerade: {masq}
+  routing: static
+nodes:
+  - name: node1
+    address: 192.168.1.2
+    podCIDR: 10.244.1.0/24
+  - name: node2
+    address: 192.168.1.3
+    podCIDR: 10.244.2.0/24
+  - name: node3
+    address: 192.168.1.4
+    podCIDR: 10.244.3.0/24
+"""
+
+ROUTER = """
+network:
+  name: podnet
+  podCIDR: 10.244.0.0/16
+  routing: router
+  router: 192.168.1.1
+nodes:
+  - name: node1
+    address: 192.168.1.2
+  - name: node2
+    address: 192.168.1.3
+  - name: node3
+    address: 192.168.1.4
+"""
+
+
+def compile_to(tmp_path: Path, text: str, name: str = "out") -> Path:
+    topo = write_topology(tmp_path, text, f"{name}.yaml")
+    out = tmp_path / name
+    res = podnet("compile", str(topo), "-o", str(out))
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def install(out: Path, machine: str, dest: Path) -> Path:
+    """The shipped layout: routes.sh and routes.table in one directory."""
+    dest.mkdir(parents=True, exist_ok=True)
+    src = out / "router" if machine == "router" else out / "nodes" / machine
+    shutil.copy2(src / "routes.sh", dest / "routes.sh")
+    shutil.copy2(out / "routes.table", dest / "routes.table")
+    return dest / "routes.sh"
+
+
+def underlay_ns(netns, address: str, prefix: int = 24, dev: str = "eth0") -> str:
+    """A namespace whose `dev` (one end of a veth pair, both ends inside) holds `address`."""
+    ns = netns.add("rt-" + address.replace(".", "-"))
+    sh(["ip", "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", "peer0"])
+    sh(["ip", "-n", ns, "link", "set", dev, "up"])
+    sh(["ip", "-n", ns, "link", "set", "peer0", "up"])
+    sh(["ip", "-n", ns, "addr", "add", f"{address}/{prefix}", "dev", dev])
+    return ns
+
+
+def run(ns: str, shell, script: Path, *args: str, env=None) -> subprocess.CompletedProcess:
+    ip, shell = shutil.which("ip"), [shutil.which(shell[0]), *shell[1:]]  # found on our PATH, not env's
+    return subprocess.run([ip, "netns", "exec", ns, *shell, str(script), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def routes(ns: str) -> list:
+    return sh(["ip", "-n", ns, "-d", "route", "show", "table", "all"]).stdout.splitlines()
+
+
+def nat(ns: str) -> list:
+    return sh(["ip", "netns", "exec", ns, "iptables", "-w", "-t", "nat", "-S", "POSTROUTING"]).stdout.splitlines()
+
+
+def pod_routes(ns: str) -> set:
+    out = sh(["ip", "-n", ns, "-4", "route", "show", "root", "10.244.0.0/16"]).stdout
+    return {" ".join(line.split()) for line in out.splitlines()}
+
+
+MASQ = "-A POSTROUTING -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment podnet:podnet -j MASQUERADE"
+
+
+def masq_rules(ns: str) -> list:
+    return [r.replace('"', "") for r in nat(ns) if "podnet:podnet" in r]
+
+
+# ---------------------------------------------------------------- generated text
+
+
+def test_table_is_emitted_once_and_lists_every_node(tmp_path):
+    out = compile_to(tmp_path, STATIC.format(masq="true"))
+    rows = [line.split() for line in (out / "routes.table").read_text().splitlines() if line and not line.startswith("#")]
+    assert rows == [["10.244.1.0/24", "192.168.1.2", "node1"], ["10.244.2.0/24", "192.168.1.3", "node2"], ["10.244.3.0/24", "192.168.1.4", "node3"]]
+    # no node's script carries another node's subnet or address: they read the table
+    for node, others in {"node1": ("10.244.2.", "10.244.3.", "192.168.1.3"), "node2": ("10.244.1.", "10.244.3.", "192.168.1.4")}.items():
+        text = (out / "nodes" / node / "routes.sh").read_text()
+        assert not any(o in text for o in others), node
+    assert not (out / "router").exists()
+
+
+def test_router_mode_emits_router_script(tmp_path):
+    out = compile_to(tmp_path, ROUTER)
+    router = (out / "router" / "routes.sh").read_text()
+    node = (out / "nodes" / "node2" / "routes.sh").read_text()
+    assert "echo '10.244.0.0/16' '192.168.1.1'" in node  # the node's one route
+    assert "routes.table" in router and "iptables" not in router
+    assert (out / "router" / "routes.sh").stat().st_mode & 0o777 == 0o755
+    manifest = (out / "manifest.json").read_text()
+    assert '"router/routes.sh"' in manifest
+
+
+def test_masquerade_off_needs_no_iptables(tmp_path):
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    assert "iptables" not in (out / "nodes" / "node1" / "routes.sh").read_text()
+
+
+@pytest.mark.skipif(not have("shellcheck"), reason="needs shellcheck")
+def test_shellcheck_clean(tmp_path):
+    scripts = []
+    for i, text in enumerate([STATIC.format(masq="true"), STATIC.format(masq="false"), ROUTER]):
+        out = compile_to(tmp_path, text, f"o{i}")
+        scripts += sorted(out.glob("**/routes.sh"))
+    assert len(scripts) == 3 + 3 + 4
+    res = subprocess.run(["shellcheck", "-s", "sh", *map(str, scripts)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+def test_adding_a_node_to_100_changes_a_handful_of_files(tmp_path):
+    def topology(n):
+        nodes = "".join(f"  - name: node{i}\n    address: 10.0.{i // 200}.{i % 200 + 2}\n" for i in range(n))
+        return f"network:\n  podCIDR: 10.128.0.0/9\n  nodePrefixLength: 24\nnodes:\n{nodes}"
+
+    for mode in ("static", "router"):
+        extra = "" if mode == "static" else "  routing: router\n  router: 10.0.9.1\n"
+        topo = tmp_path / f"{mode}.yaml"
+        out = tmp_path / mode
+        topo.write_text(topology(100).replace("network:\n", "network:\n" + extra))
+        assert podnet("compile", str(topo), "-o", str(out)).returncode == 0
+        before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        topo.write_text(topology(101).replace("network:\n", "network:\n" + extra))
+        assert podnet("compile", str(topo), "-o", str(out)).returncode == 0
+        after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        changed = {str(p) for p in before if before[p] != after.get(p)}
+        added = {str(p) for p in after if p not in before}
+        assert all(p.startswith("nodes/node100/") for p in added), added
+        assert len(added) >= 3
+        # the cluster-wide files only; no existing node's files
+        assert not any(p.startswith("nodes/") for p in changed), changed
+        assert "routes.table" in changed and "manifest.json" in changed
+        assert len(changed) <= 5, changed
+        assert len(before) > 300  # 100 nodes' worth of files, of which a handful changed
+
+
+# ---------------------------------------------------------------- real kernel
+
+needs_net = pytest.mark.skipif(not have("ip", "iptables", "dash", "busybox"), reason="needs iproute2, iptables, dash, busybox")
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_up_check_down_lifecycle(tmp_path, netns, shell):
+    out = compile_to(tmp_path, STATIC.format(masq="true"))
+    script = install(out, "node1", tmp_path / "etc-podnet")
+    ns = underlay_ns(netns, "192.168.1.2")
+
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        "forwarding off: /proc/sys/net/ipv4/ip_forward is 0",
+        "missing route: 10.244.2.0/24 via 192.168.1.3 dev eth0",
+        "missing route: 10.244.3.0/24 via 192.168.1.4 dev eth0",
+        f"missing masquerade rule: iptables -t nat {MASQ}",
+    ]
+    assert "4 problem(s)" in res.stderr
+
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0, res.stderr
+    assert "2 route(s) installed" in res.stdout
+    assert pod_routes(ns) == {"10.244.2.0/24 via 192.168.1.3 dev eth0 proto static", "10.244.3.0/24 via 192.168.1.4 dev eth0 proto static"}
+    assert masq_rules(ns) == [MASQ]
+    assert sh(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout == "routes.sh check (node1): ok, 2 route(s) in place\n"
+
+    # up twice changes nothing: same routes, same (single) masquerade rule
+    state = (routes(ns), nat(ns))
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0 and "0 route(s) installed" in res.stdout
+    assert (routes(ns), nat(ns)) == state
+
+    # down removes what up added, twice is harmless; forwarding stays on
+    for _ in range(2):
+        res = run(ns, shell, script, "down")
+        assert res.returncode == 0, res.stderr
+        assert pod_routes(ns) == set() and masq_rules(ns) == []
+    assert sh(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_check_names_missing_extra_and_wrong(tmp_path, netns, shell):
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node2", tmp_path / "etc-podnet")
+    ns = underlay_ns(netns, "192.168.1.3")
+    assert run(ns, shell, script, "up").returncode == 0
+    assert run(ns, shell, script, "check").returncode == 0
+
+    sh(["ip", "-n", ns, "route", "del", "10.244.1.0/24"])  # missing
+    sh(["ip", "-n", ns, "route", "replace", "10.244.3.0/24", "via", "192.168.1.9"])  # wrong next hop
+    sh(["ip", "-n", ns, "route", "add", "10.244.7.0/24", "via", "192.168.1.7"])  # extra: a removed node
+    sh(["ip", "-n", ns, "route", "add", "blackhole", "10.244.8.0/24"])  # extra, not via anything
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        "missing route: 10.244.1.0/24 via 192.168.1.2 dev eth0",
+        "wrong route: 10.244.3.0/24 via 192.168.1.4 dev eth0 (kernel has: 10.244.3.0/24 via 192.168.1.9 dev eth0)",
+        "extra route: 10.244.7.0/24 via 192.168.1.7 dev eth0",
+        "extra route: blackhole 10.244.8.0/24",
+    ]
+    assert "4 problem(s)" in res.stderr
+
+    # up repairs the missing and the wrong route; it leaves the extra ones (named by check)
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0 and "2 route(s) installed or fixed" in res.stdout
+    res = run(ns, shell, script, "check")
+    assert res.stdout.splitlines() == ["extra route: 10.244.7.0/24 via 192.168.1.7 dev eth0", "extra route: blackhole 10.244.8.0/24"]
+    # down removes only what is podnet's: the extra routes stay
+    assert run(ns, shell, script, "down").returncode == 0
+    assert pod_routes(ns) == {"10.244.7.0/24 via 192.168.1.7 dev eth0", "blackhole 10.244.8.0/24"}
+
+
+@needs_net
+@pytest.mark.netns
+def test_wrong_device_is_wrong(tmp_path, netns):
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    sh(["ip", "-n", ns, "addr", "add", "192.168.1.22/24", "dev", "peer0"])
+    sh(["ip", "-n", ns, "route", "add", "10.244.2.0/24", "via", "192.168.1.3", "dev", "peer0"])
+    res = run(ns, ["dash"], script, "check")
+    assert "wrong route: 10.244.2.0/24 via 192.168.1.3 dev eth0 (kernel has: 10.244.2.0/24 via 192.168.1.3 dev peer0)" in res.stdout.splitlines()
+
+
+@needs_net
+@pytest.mark.netns
+def test_connected_bridge_subnet_is_not_extra(tmp_path, netns):
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    sh(["ip", "-n", ns, "link", "add", "cni0", "type", "bridge"])
+    sh(["ip", "-n", ns, "addr", "add", "10.244.1.1/24", "dev", "cni0"])
+    sh(["ip", "-n", ns, "link", "set", "cni0", "up"])
+    assert run(ns, ["dash"], script, "up").returncode == 0
+    res = run(ns, ["dash"], script, "check")
+    assert res.returncode == 0, res.stdout
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_router_mode_node_and_router(tmp_path, netns, shell):
+    out = compile_to(tmp_path, ROUTER)
+    node = install(out, "node2", tmp_path / "node2")
+    router = install(out, "router", tmp_path / "router")
+    node_ns = underlay_ns(netns, "192.168.1.3")
+    router_ns = underlay_ns(netns, "192.168.1.1")
+
+    assert run(node_ns, shell, node, "up").returncode == 0
+    assert pod_routes(node_ns) == {"10.244.0.0/16 via 192.168.1.1 dev eth0 proto static"}
+    assert run(node_ns, shell, node, "check").returncode == 0
+
+    res = run(router_ns, shell, router, "up")
+    assert res.returncode == 0, res.stderr
+    assert pod_routes(router_ns) == {f"10.244.{i}.0/24 via 192.168.1.{i + 2} dev eth0 proto static" for i in range(3)}
+    assert nat(router_ns) == ["-P POSTROUTING ACCEPT"]  # a router forwards, it does not masquerade
+    res = run(router_ns, shell, router, "check")
+    assert res.returncode == 0 and "3 route(s)" in res.stdout
+
+    sh(["ip", "-n", router_ns, "route", "del", "10.244.1.0/24"])
+    res = run(router_ns, shell, router, "check")
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == ["missing route: 10.244.1.0/24 via 192.168.1.3"]
+    assert run(router_ns, shell, router, "down").returncode == 0
+    assert pod_routes(router_ns) == set()
+
+
+@needs_net
+@pytest.mark.netns
+def test_refuses_a_table_from_another_compile(tmp_path, netns):
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    other = compile_to(tmp_path, STATIC.format(masq="false").replace("10.244.1.0/24", "10.244.9.0/24"), "other")
+    shutil.copy2(other / "routes.table", script.parent / "routes.table")
+    ns = underlay_ns(netns, "192.168.1.2")
+    res = run(ns, ["dash"], script, "up")
+    assert res.returncode == 1
+    assert 'lists node node1 with subnets "10.244.9.0/24", this script expects "10.244.1.0/24"' in res.stderr
+    assert pod_routes(ns) == set()
+
+    (script.parent / "routes.table").write_text("10.244.2.0/24 192.168.1.3 node2\n10.244.3.0/24 192.168.1.4; reboot\n")
+    res = run(ns, ["dash"], script, "check")
+    assert res.returncode == 1 and "routes.table:2: not DESTINATION NEXTHOP NODE" in res.stderr
+
+    # the table is found next to the script, or where PODNET_ROUTES_TABLE says
+    (script.parent / "routes.table").unlink()
+    res = run(ns, ["dash"], script, "check")
+    assert res.returncode == 1 and "cannot read" in res.stderr
+    res = run(ns, ["dash"], script, "check", env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_ROUTES_TABLE": str(out / "routes.table")})
+    assert "missing route: 10.244.2.0/24" in res.stdout
+
+
+@needs_net
+@pytest.mark.netns
+def test_usage_and_missing_iproute2(tmp_path, netns):
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    for args in ([], ["sideways"], ["up", "extra"]):
+        res = run(ns, ["dash"], script, *args)
+        assert res.returncode == 2 and "usage:" in res.stderr
+    # busybox's own ip applet (no -batch) is refused with a clear message
+    bb = tmp_path / "bb"
+    bb.mkdir()
+    (bb / "ip").symlink_to(shutil.which("busybox"))
+    for tool in ("awk", "sed", "dirname"):
+        (bb / tool).symlink_to(shutil.which("busybox"))
+    res = run(ns, ["dash"], script, "check", env={"PATH": str(bb)})
+    assert res.returncode == 1
+    assert "iproute2's ip not found on PATH" in res.stderr and "is not iproute2" in res.stderr
+
+
+@needs_net
+@pytest.mark.netns
+def test_up_reports_unreachable_next_hops(tmp_path, netns):
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "172.16.0.2")  # next hops 192.168.1.x are not on eth0's network
+    res = run(ns, ["dash"], script, "up")
+    assert res.returncode == 1
+    assert "could not install every route" in res.stderr

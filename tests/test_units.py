@@ -1,0 +1,108 @@
+"""Unit tests of single stages: loader positions and limits, schema/model agreement,
+allocation, the quoting filter."""
+
+import ipaddress
+
+import pytest
+
+from compiler import load, schema
+from compiler.allocate import PoolExhausted, allocate
+from compiler.diagnostics import InputError
+from compiler.model import DEFAULTS, Pool
+from compiler.render import ShellWord, _shell_finalize, sh_quote
+
+
+def test_loader_records_positions_of_keys_and_values():
+    doc = load.load_bytes(b"network:\n  podCIDR: 10.244.0.0/16\nnodes:\n  - name: a\n    address: 1.2.3.4\n", "t.yaml")
+    assert doc.positions[("network", "podCIDR")] == (2, 12)
+    assert doc.key_positions[("network", "podCIDR")] == (2, 3)
+    assert doc.positions[("nodes", 0, "address")] == (5, 14)
+    assert doc.at(("nodes", 0, "missing"), "m").line == 4  # falls back to the nearest ancestor
+
+
+def test_loader_uses_yaml_1_2_scalars():
+    doc = load.load_bytes(b"a: yes\nb: on\nc: 010\nd: 0x10\ne: ~\nf: 1_000\ng: 0o17\nh: !!str 12\ni: '7'\nj: 1.5\nk: True\nl: 12:30\n", "t.yaml")
+    assert doc.data == {"a": "yes", "b": "on", "c": 10, "d": 16, "e": None, "f": "1_000", "g": 15, "h": "12", "i": "7", "j": 1.5, "k": True, "l": "12:30"}
+
+
+def test_loader_refuses_huge_files_before_parsing():
+    with pytest.raises(InputError) as e:
+        load.load_bytes(b"#" * (load.MAX_BYTES + 1), "big.yaml")
+    assert "larger than 16 MiB" in str(e.value)
+
+
+def test_loader_refuses_deep_nesting_without_recursion_error():
+    with pytest.raises(InputError) as e:
+        load.load_bytes(b"a: " + b"[" * 20000 + b"]" * 20000, "deep.yaml")
+    assert "nesting" in str(e.value)
+
+
+def test_schema_defaults_agree_with_the_model():
+    defs = schema.schema()["$defs"]
+    for key, prop in defs["network"]["properties"].items():
+        if "default" in prop:
+            assert DEFAULTS[key] == prop["default"], key
+    assert defs["node"]["properties"]["interface"]["default"] == DEFAULTS["interface"]
+    # the bridge's default lives in its $ref'd definition's sibling
+    assert defs["network"]["properties"]["bridge"]["default"] == DEFAULTS["bridge"]
+
+
+def test_allocate_keeps_pinned_and_fills_lowest_free():
+    pool = Pool(ipaddress.ip_network("10.0.0.0/22"), 24)
+    n = ipaddress.ip_network
+    got = allocate(pool, [None, n("10.0.0.0/24"), None, None])
+    assert got == [n("10.0.1.0/24"), n("10.0.0.0/24"), n("10.0.2.0/24"), n("10.0.3.0/24")]
+    with pytest.raises(PoolExhausted) as e:
+        allocate(pool, [None] * 5)
+    assert e.value.index == 4
+
+
+def test_allocate_is_lazy_on_huge_pools():
+    pool = Pool(ipaddress.ip_network("10.0.0.0/8"), 30)  # 4 million subnets
+    assert allocate(pool, [None]) == [ipaddress.ip_network("10.0.0.0/30")]
+
+
+@pytest.mark.parametrize("value,quoted", [
+    ("cni0", "'cni0'"),
+    ("a'b", "'a'\\''b'"),
+    ("$(reboot)", "'$(reboot)'"),
+    ("`id`;x", "'`id`;x'"),
+    (1500, "'1500'"),
+])
+def test_sh_quote_always_single_quotes(value, quoted):
+    assert sh_quote(value) == quoted
+
+
+@pytest.mark.parametrize("bad", ["a\nb", "a\0b", None, True, 1.5, ["x"]])
+def test_sh_quote_refuses_what_cannot_be_a_shell_word(bad):
+    with pytest.raises((TypeError, ValueError)):
+        sh_quote(bad)
+
+
+def test_shell_templates_refuse_unquoted_strings():
+    assert _shell_finalize(ShellWord("'x'")) == "'x'"
+    assert _shell_finalize(24) == 24
+    with pytest.raises(TypeError):
+        _shell_finalize("cni0")
+    with pytest.raises(TypeError):
+        _shell_finalize(True)
+
+
+def test_overlap_sweep_reports_each_later_node_once():
+    from compiler import checks
+
+    doc = load.load_bytes(b"""network:
+  podCIDR: 10.0.0.0/16
+  nodePrefixLength: 24
+nodes:
+  - {name: a, address: 1.1.1.1, podCIDR: 10.0.2.0/24}
+  - {name: b, address: 1.1.1.2, podCIDR: 10.0.0.0/23}
+  - {name: c, address: 1.1.1.3, podCIDR: 10.0.1.0/24}
+  - {name: d, address: 1.1.1.4, podCIDR: 10.0.2.0/24}
+  - {name: e, address: 1.1.1.5, podCIDR: 10.0.3.0/24}
+""", "t.yaml")
+    msgs = sorted(d.message for d in checks.check(doc) if "overlaps" in d.message)
+    assert msgs == [
+        "nodes[2].podCIDR: 10.0.1.0/24 overlaps 10.0.0.0/23 of node 'b' (nodes[1])",
+        "nodes[3].podCIDR: 10.0.2.0/24 overlaps 10.0.2.0/24 of node 'a' (nodes[0])",
+    ]
