@@ -50,6 +50,9 @@ _DIRS = {
 }
 
 
+_DIR_VARS = {"bin": "cni_bin_dir", "conf": "cni_conf_dir", "etc": "podnet_dir"}
+
+
 def _default(var: str) -> str:
     value = DEFAULTS[var]
     if isinstance(value, str):
@@ -155,11 +158,7 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
         "become": _default("podnet_become"),
         "serial": _default("podnet_serial"),
         "max_fail_percentage": _default("podnet_max_fail_percentage"),
-        "vars": {
-            "_podnet_bin_dir": _path_var("cni_bin_dir"),
-            "_podnet_conf_dir": _path_var("cni_conf_dir"),
-            "_podnet_etc_dir": _path_var("podnet_dir"),
-        },
+        "vars": {f"_podnet_{d}_dir": _path_var(_DIR_VARS[d]) for d in sorted(set(dirs) | {"etc"})},
         "tasks": tasks,
         "handlers": [{
             "name": ROUTES_HANDLER,

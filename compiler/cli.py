@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("allocate", help="show (or pin) each node's pod subnet")
     a.add_argument("topology", metavar="TOPOLOGY")
     a.add_argument("--write", action="store_true", help="pin allocated subnets into TOPOLOGY, keeping its comments and layout")
+
+    d = sub.add_parser("diff", help="summarise the effect of changing OLD_TOPOLOGY into NEW_TOPOLOGY")
+    d.add_argument("old", metavar="OLD_TOPOLOGY")
+    d.add_argument("new", metavar="NEW_TOPOLOGY")
+    d.add_argument("--allow-move", "--force", dest="allow_move", action="store_true",
+                   help="accept moving a node's pod subnet (drain the node first)")
     return p
 
 
@@ -110,8 +116,25 @@ def cmd_allocate(args) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args) -> int:
+    from compiler.diff import compare
+    from compiler.load import load_file
+    from compiler.topology import build
+
+    old = build(load_file(args.old))
+    new_doc = load_file(args.new)
+    report = compare(old, build(new_doc), new_doc)
+    print(f"podnet diff {args.old} -> {args.new}:")
+    for line in report.lines:
+        print(f"  {line}")
+    if report.moves and not args.allow_move:
+        raise InputError(args.new, report.moves)
+    return EXIT_OK
+
+
 _COMMANDS = {
     "validate": cmd_validate,
     "compile": cmd_compile,
     "allocate": cmd_allocate,
+    "diff": cmd_diff,
 }

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
-from compiler import ansible
+from compiler import ansible, review
 from compiler.model import IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
@@ -54,7 +54,7 @@ def plan(topo: Topology) -> List[Artifact]:
     common = {"source": src, "network": _network_view(topo)}
     out: List[Artifact] = [
         Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table(topo)}),
-        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, "nodes": [_node_view(topo, n) for n in topo.nodes], "routes": route_table(topo)}),
+        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, route_table(topo))}),
     ]
     for node in topo.nodes:
         view = {**common, "node": _node_view(topo, node)}

@@ -59,28 +59,33 @@ class Cluster:
         self.handler_log = tmp / "handler.log"
         self.home = tmp / "ansible-home"
 
-    def compile(self, **kw) -> None:
-        r = podnet("compile", str(topology(self.tmp, **kw)), "-o", str(self.out))
+    def compile(self, text: str = "", **kw) -> None:
+        path = write_topology(self.tmp, text) if text else topology(self.tmp, **kw)
+        r = podnet("compile", str(path), "-o", str(self.out))
         assert r.returncode == 0, r.stderr
 
-    def nodes(self) -> List[str]:
+    def groups(self) -> Dict[str, List[str]]:
         inv = yaml.safe_load((self.out / "ansible/inventory.yml").read_text())
-        return list(inv["all"]["children"]["podnet"]["hosts"])
+        return {group: list(v["hosts"]) for group, v in inv["all"]["children"].items()}
+
+    def nodes(self) -> List[str]:
+        return self.groups()["podnet"]
 
     def override(self, extra_vars: Dict[str, object]) -> Path:
-        hosts = {
-            n: {"podnet_root": str(self.roots / n), "ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-            for n in self.nodes()
+        """Every inventory host (nodes, and the router if any) local, in its own fake root."""
+        children = {
+            group: {"hosts": {h: {"podnet_root": str(self.roots / h), "ansible_connection": "local", "ansible_python_interpreter": sys.executable} for h in hosts}}
+            for group, hosts in self.groups().items()
         }
         path = self.tmp / "override.yml"
-        path.write_text(yaml.safe_dump({"all": {"children": {"podnet": {"hosts": hosts}}}}))
+        path.write_text(yaml.safe_dump({"all": {"children": children}}))
         (self.tmp / "extra.json").write_text(json.dumps(extra_vars))
         return path
 
     def play(self, *args: str, routes_up: str = "", extra: Dict[str, object] = None) -> subprocess.CompletedProcess:
         """Runs the playbook; by default the routes handler appends NODE to handler.log."""
         extra_vars = {"podnet_become": False, **(extra or {})}
-        extra_vars["podnet_routes_up_command"] = routes_up or f"sh -c 'echo {{{{ podnet_node }}}} >> {self.handler_log}'"
+        extra_vars["podnet_routes_up_command"] = routes_up or f"sh -c 'echo {{{{ inventory_hostname }}}} >> {self.handler_log}'"
         override = self.override(extra_vars)
         env = dict(os.environ, ANSIBLE_HOME=str(self.home), ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0",
                    ANSIBLE_LOCAL_TEMP=str(self.home / "tmp"), ANSIBLE_STDOUT_CALLBACK="default")
@@ -213,6 +218,22 @@ def test_serial_batches_and_directory_variables(cluster: Cluster):
         ["etc/cni/bin/podnet-bridge", "etc/cni/conf.d/10-podnet.conflist", "usr/local/lib/podnet/routes.sh", "usr/local/lib/podnet/routes.table"]
         + [f"etc/cni/bin/{p.name}" for p in (cluster.out / "nodes/alpha").glob("*.py")]
     )
+
+
+def test_router_mode_ships_the_router_table_to_the_router(cluster: Cluster):
+    cluster.compile(TOPOLOGY.format(mtu=1500, extra="").replace("  mtu: 1500\n", "  routing: router\n  router: 192.168.77.1\n"))
+    inv = yaml.safe_load((cluster.out / "ansible/inventory.yml").read_text())
+    assert inv["all"]["children"]["podnet_router"] == {"hosts": {"router": {"ansible_host": "192.168.77.1"}}}
+    r = cluster.play()
+    assert r.returncode == 0, r.stdout + r.stderr
+    router = cluster.installed("router")
+    assert router == {
+        "etc/podnet/routes.sh": (0o755, (cluster.out / "router/routes.sh").read_bytes()),
+        "etc/podnet/routes.table": (0o644, (cluster.out / "routes.table").read_bytes()),
+    }
+    for node in NODES:
+        assert cluster.installed(node) == cluster.expected(node), node
+    assert cluster.handled() == sorted(NODES + ["router"])
 
 
 @pytest.mark.slow
