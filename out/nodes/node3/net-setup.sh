@@ -78,13 +78,11 @@ case $0 in
 */*) IPAM_FALLBACK=${0%/*}/podnet-ipam.py ;;
 *) IPAM_FALLBACK=./podnet-ipam.py ;;
 esac
-# The temp file a lease is written to before it is linked into place.
+# Temp files the Python fallback writes a lease to before linking it into place.
 IPAM_TMP_PREFIX=.podnet-lease.
 # Inside the locked subshell "pool exhausted" is this status (2 can also come
 # from a shell error there); ipam_locked turns it into 2 and any other failure into 1.
 IPAM_EXHAUSTED=3
-# A carriage return (lease files hold "ID\r\nIFNAME"); set by ipam_locked.
-IPAM_CR=
 
 
 # ipam_add CONTAINER_ID IFNAME: one lease per range set, printed. Reuses a lease
@@ -140,6 +138,7 @@ ipam_valid_pair() {
 # ipam_locked OP [ID IFNAME]: runs ipam_op_OP holding the store's lock, with
 # util-linux flock when present; else the Python fallback does OP (same lock,
 # same steps). The lock is an open file description: it dies with the process.
+# Inside, noclobber (set -C) makes every `>` an exclusive create (O_EXCL).
 ipam_locked() {
 	if ! command -v flock >/dev/null 2>&1; then
 		ipam_fallback "$@"
@@ -149,7 +148,6 @@ ipam_locked() {
 		echo "ipam: cannot create the lease store $IPAM_STORE; check dataDir and permissions" >&2
 		return 1
 	fi
-	IPAM_CR=$(printf '\r')
 	IPAM_RC=0
 	(
 		if ! command exec 9>>"$IPAM_STORE/lock"; then
@@ -160,6 +158,7 @@ ipam_locked() {
 			echo "ipam: cannot lock $IPAM_STORE/lock" >&2
 			exit 1
 		fi
+		set -C
 		ipam_sweep_tmp
 		IPAM_OP=$1
 		shift
@@ -198,8 +197,8 @@ ipam_fallback() {
 	ipam_status "$IPAM_RC" 2
 }
 
-# ipam_sweep_tmp: removes temp files of writers killed mid-write. Assumes the
-# lock is held: nobody else can be writing one now.
+# ipam_sweep_tmp: removes temp files of fallback writers killed mid-write.
+# Assumes the lock is held: nobody else can be writing one now.
 ipam_sweep_tmp() {
 	set -- "$IPAM_STORE/$IPAM_TMP_PREFIX"*
 	if [ -e "$1" ]; then
@@ -244,15 +243,21 @@ ipam_op_get() {
 }
 
 # ipam_op_del ID IFNAME: removes the pair's lease files; when there are none,
-# the files older host-local versions wrote with the ID alone. Lock held.
+# the files older host-local versions wrote with the ID alone. Also removes
+# empty lease files: a writer killed between create and write (perhaps this
+# pair's) left them, and under the lock no write is in progress. Lock held.
 ipam_op_del() {
 	ipam_find "$1" "$2"
 	if [ -z "$IPAM_HELD" ]; then
 		IPAM_HELD=$IPAM_LEGACY
 	fi
-	for IPAM_ADDR in $IPAM_HELD; do
-		rm -f -- "$IPAM_STORE/$IPAM_ADDR"
+	set --
+	for IPAM_ADDR in $IPAM_HELD $IPAM_EMPTY; do
+		set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
 	done
+	if [ "$#" -gt 0 ]; then
+		rm -f -- "$@"
+	fi
 }
 
 # ipam_read_valid: reads the valid attachments ("CONTAINER_ID IFNAME" lines)
@@ -296,12 +301,13 @@ $IPAM_OWNER
 	done
 }
 
-# ipam_find ID IFNAME: sets IPAM_HELD to the addresses leased to ID+IFNAME and
-# IPAM_LEGACY to those of legacy files holding only ID (space-separated). One
-# read per lease file, no process.
+# ipam_find ID IFNAME: sets IPAM_HELD to the addresses leased to ID+IFNAME,
+# IPAM_LEGACY to those of legacy files holding only ID and IPAM_EMPTY to empty
+# lease files (space-separated). One read per lease file, no process.
 ipam_find() {
 	IPAM_HELD=
 	IPAM_LEGACY=
+	IPAM_EMPTY=
 	for IPAM_FILE in "$IPAM_STORE"/*; do
 		IPAM_NAME=${IPAM_FILE##*/}
 		ipam_is_lease_name "$IPAM_NAME" || continue
@@ -310,6 +316,8 @@ ipam_find() {
 			IPAM_HELD="$IPAM_HELD $IPAM_NAME"
 		elif [ "$IPAM_OWNER" = "$1" ]; then
 			IPAM_LEGACY="$IPAM_LEGACY $IPAM_NAME"
+		elif [ -z "$IPAM_OWNER" ]; then
+			IPAM_EMPTY="$IPAM_EMPTY $IPAM_NAME"
 		fi
 	done
 }
@@ -325,14 +333,15 @@ ipam_is_lease_name() {
 # ipam_read_owner FILE: sets IPAM_OWNER to "ID IFNAME" for "ID\r\nIFNAME", to
 # "ID" for a legacy file holding only the ID, and to "" for an empty file; 1
 # when FILE cannot be read or holds something else. A trailing line break is
-# ignored, like host-local does.
+# ignored, as host-local does. (IDs and names hold no control character, so
+# the one a line ends with is the \r.)
 ipam_read_owner() {
 	IPAM_L1=
 	IPAM_L2=
 	{ IFS= read -r IPAM_L1 || :; IFS= read -r IPAM_L2 || :; } <"$1" 2>/dev/null || return 1
-	IPAM_L2=${IPAM_L2%"$IPAM_CR"}
+	IPAM_L2=${IPAM_L2%[[:cntrl:]]}
 	case $IPAM_L1 in
-	*"$IPAM_CR") IPAM_L1=${IPAM_L1%"$IPAM_CR"} ;;
+	*[[:cntrl:]]) IPAM_L1=${IPAM_L1%?} ;;
 	*) [ -z "$IPAM_L2" ] || return 1 ;;
 	esac
 	IPAM_OWNER=$IPAM_L1${IPAM_L2:+ $IPAM_L2}
@@ -401,19 +410,16 @@ ipam_take() {
 	return "$IPAM_EXHAUSTED"
 }
 
-# ipam_reserve ADDRESS ID IFNAME INDEX: creates the lease file with its whole
-# content at once (written to a temp file, then hard-linked into place: link(2)
-# fails when the address is taken, and no reader ever sees a partial lease),
-# then records ADDRESS in last_reserved_ip.INDEX.
+# ipam_reserve ADDRESS ID IFNAME INDEX: creates the lease file exclusively
+# (noclobber: O_EXCL, so it fails when the address is taken) with its whole
+# content in one write(2), then records ADDRESS in last_reserved_ip.INDEX. No
+# process is started. A writer killed between create and write leaves an empty
+# file: every operation treats it as garbage (see ipam_take, ipam_op_del, gc).
 ipam_reserve() {
-	IPAM_TMP=$IPAM_STORE/$IPAM_TMP_PREFIX$$
-	printf '%s\r\n%s' "$2" "$3" >"$IPAM_TMP" || return 1
-	if ! ln -- "$IPAM_TMP" "$IPAM_STORE/$1" 2>/dev/null; then
-		rm -f -- "$IPAM_TMP"
+	if ! printf '%s\r\n%s' "$2" "$3" 2>/dev/null >"$IPAM_STORE/$1"; then
 		return 1
 	fi
-	rm -f -- "$IPAM_TMP"
-	if ! printf '%s' "$1" >"$IPAM_STORE/last_reserved_ip.$4"; then
+	if ! printf '%s' "$1" 2>/dev/null >|"$IPAM_STORE/last_reserved_ip.$4"; then
 		echo "ipam: warning: cannot record $1 in last_reserved_ip.$4; round-robin restarts" >&2
 	fi
 }
