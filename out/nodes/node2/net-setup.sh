@@ -56,7 +56,7 @@ REPLY_VERSION=$PODNET_CNI_VERSION
 CFG_VERSION='' CFG_NAME='' CFG_TYPE='' CFG_HAS_PREV=0
 PREV_IFACES='' PREV_NIFACES=0 PREV_IFACES_RAW='' PREV_IPS='' PREV_IPS_RAW='' PREV_ROUTES='' PREV_ROUTES_RAW='' PREV_DNS_RAW=''
 GC_KEY='' GC_KEEP=''
-LEASES='' GATEWAY='' EXPECT_ADDRS='' EXPECT_ROUTES='' R2_IPS='' BRIDGE_MAC='' VETH_MAC='' IF_MAC='' MAC='' JSON_ESC='' PROBLEMS=''
+LEASES='' LINK_LINE='' GATEWAY='' EXPECT_ADDRS='' EXPECT_ROUTES='' R2_IPS='' BRIDGE_MAC='' VETH_MAC='' IF_MAC='' MAC='' JSON_ESC='' PROBLEMS=''
 ADD_VETH=0 ADD_LEASE=0
 
 # ---------------------------------------------------------------------------
@@ -934,9 +934,11 @@ EOF
 		fail "$E_FAILED" "cannot set up the host side of $IFNAME" "$av_out"
 	fi
 	ADD_VETH=1
-	mac_of "${av_out%%"$NL"*}"
+	link_line "$av_out" "$BRIDGE"
+	mac_of "$LINK_LINE"
 	BRIDGE_MAC=$MAC
-	mac_of "${av_out#*"$NL"}"
+	link_line "$av_out" "$VETH"
+	mac_of "$LINK_LINE"
 	VETH_MAC=$MAC
 }
 
@@ -949,6 +951,23 @@ add_veth_refused() {
 		fail "$E_FAILED" "host interface $VETH already exists" "it belongs to an earlier attachment of $CID/$IFNAME or to another container (hash collision); DEL or remove it"
 	fi
 	fail "$E_FAILED" "cannot create the veth pair $VETH/$IFNAME" "$1"
+}
+
+# link_line OUTPUT NAME: sets LINK_LINE, the line of `ip -o link show` OUTPUT that
+# describes NAME ("N: NAME: <...>" or "N: NAME@PEER: <...>"); OUTPUT may also hold
+# warnings on other lines.
+link_line() {
+	LINK_LINE=''
+	while IFS= read -r ll_line; do
+		case $ll_line in
+		[0-9]*": $2: "* | [0-9]*": $2@"*)
+			LINK_LINE=$ll_line
+			return 0
+			;;
+		esac
+	done <<EOF
+$1
+EOF
 }
 
 # mac_of LINE: sets MAC from an `ip -o link show` line (empty when it has none).
@@ -1022,7 +1041,8 @@ EOF
 $aps_batch
 EOF
 	) || fail "$E_FAILED" "cannot configure $IFNAME in $NETNS" "$aps_out"
-	mac_of "$aps_out"
+	link_line "$aps_out" "$IFNAME"
+	mac_of "$LINK_LINE"
 	IF_MAC=$MAC
 }
 
@@ -1354,11 +1374,12 @@ EOF
 		problem "interface $IFNAME is missing in $NETNS"
 		return 0
 	fi
-	case ${cp_out%%"$NL"*} in
-	*"<"*UP*">"*) ;;
+	link_line "$cp_out" "$IFNAME"
+	case $LINK_LINE in
+	*"<UP,"* | *",UP,"* | *",UP>"* | *"<UP>"*) ;;
 	*) problem "$IFNAME in $NETNS is down" ;;
 	esac
-	case ${cp_out%%"$NL"*} in
+	case $LINK_LINE in
 	*" mtu $MTU "*) ;;
 	*) problem "$IFNAME in $NETNS does not have the MTU $MTU" ;;
 	esac
