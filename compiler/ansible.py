@@ -41,6 +41,7 @@ DEFAULTS = {
     "podnet_become": True,
 }
 ROUTES_HANDLER = "Apply the pod routes"
+BANNER = "partials/banner.sh.j2"  # a '#' comment: generated, from which topology, how to regenerate
 
 # Destination directories as the tasks see them: the prefix, then the directory.
 _DIRS = {
@@ -67,14 +68,15 @@ def _path_var(var: str) -> str:
 
 def artifacts(topo: Topology, planned: Sequence[Any]) -> List[Any]:
     """The inventory and playbook for `topo`, given every other planned artifact."""
-    from compiler.plan import Artifact  # plan imports this module
+    from compiler.plan import Artifact, source_name  # plan imports this module
 
     modes = {a.path: f"{a.mode:04o}" for a in planned}
     node_files = _node_files(topo, modes)
     router_files = {p: m for p, m in sorted(modes.items()) if p.startswith("router/")}
+    source = source_name(topo.source)
     return [
-        Artifact(INVENTORY, 0o644, "yaml", data=inventory(topo, bool(router_files))),
-        Artifact(PLAYBOOK, 0o644, "yaml", data=playbook(topo, node_files, router_files)),
+        Artifact(INVENTORY, 0o644, "yaml", BANNER, {"source": source, "document": inventory(topo, bool(router_files))}),
+        Artifact(PLAYBOOK, 0o644, "yaml", BANNER, {"source": source, "document": playbook(topo, node_files, router_files)}),
     ]
 
 
