@@ -348,17 +348,26 @@ ipam_read_owner() {
 }
 
 # ipam_parse_range SUBNET,FIRST,LAST,GATEWAY: sets IPAM_PREFIX, IPAM_GW_IP and,
-# as integers, IPAM_LO, IPAM_HI, IPAM_GW. IPv4 only.
+# as integers, IPAM_LO, IPAM_HI, IPAM_GW. The shell handles IPv4 range sets
+# only; anything else is an error naming the range set.
 ipam_parse_range() {
 	IPAM_REST=$1
 	IPAM_NET=${IPAM_REST%%,*}; IPAM_REST=${IPAM_REST#*,}
 	IPAM_PREFIX=${IPAM_NET#*/}
-	ipam_ip2int "${IPAM_REST%%,*}" || return 1
-	IPAM_LO=$IPAM_INT; IPAM_REST=${IPAM_REST#*,}
-	ipam_ip2int "${IPAM_REST%%,*}" || return 1
-	IPAM_HI=$IPAM_INT; IPAM_GW_IP=${IPAM_REST#*,}
-	ipam_ip2int "$IPAM_GW_IP" || return 1
-	IPAM_GW=$IPAM_INT
+	IPAM_GW_IP=${IPAM_REST##*,}
+	# exactly four fields, one '/', a prefix length of 0-32
+	case $IPAM_PREFIX/$1 in
+	*/*,*,*,*,* | */*/*/*) IPAM_REST= ;;
+	[0-9]/*,*,*,* | [12][0-9]/*,*,*,* | 3[0-2]/*,*,*,*) ;;
+	*) IPAM_REST= ;;
+	esac
+	if ipam_ip2int "${IPAM_REST%%,*}" && IPAM_LO=$IPAM_INT && IPAM_REST=${IPAM_REST#*,} &&
+		ipam_ip2int "${IPAM_REST%%,*}" && IPAM_HI=$IPAM_INT &&
+		ipam_ip2int "$IPAM_GW_IP" && IPAM_GW=$IPAM_INT; then
+		return 0
+	fi
+	echo "ipam: range set '$1' is not IPv4 SUBNET,FIRST,LAST,GATEWAY; this plugin's IPAM handles IPv4 only" >&2
+	return 1
 }
 
 # ipam_held_in_range: whether one of IPAM_HELD lies in the parsed range set's
