@@ -80,6 +80,8 @@ case $0 in
 esac
 # Temp files the Python fallback writes a lease to before linking it into place.
 IPAM_TMP_PREFIX=.podnet-lease.
+# A store with more lease files than this is searched with grep (ipam_find).
+IPAM_SCAN_MAX=32
 # Inside the locked subshell "pool exhausted" is this status (2 can also come
 # from a shell error there); ipam_locked turns it into 2 and any other failure into 1.
 IPAM_EXHAUSTED=3
@@ -287,8 +289,10 @@ $IPAM_ID
 
 # ipam_op_gc: releases every lease whose owner is not in IPAM_VALID, legacy
 # ID-only files whose ID is not, and empty files (a writer killed between
-# create and write). Files holding anything else are kept. Lock held.
+# create and write). Files holding anything else are kept. One rm for all.
+# Lock held.
 ipam_op_gc() {
+	set --
 	for IPAM_FILE in "$IPAM_STORE"/*; do
 		ipam_is_lease_name "${IPAM_FILE##*/}" || continue
 		ipam_read_owner "$IPAM_FILE" || continue
@@ -296,30 +300,71 @@ ipam_op_gc() {
 		*"
 $IPAM_OWNER
 "*) ;;
-		*) rm -f -- "$IPAM_FILE" ;;
+		*) set -- "$@" "$IPAM_FILE" ;;
 		esac
 	done
+	if [ "$#" -gt 0 ]; then
+		rm -f -- "$@"
+	fi
 }
 
 # ipam_find ID IFNAME: sets IPAM_HELD to the addresses leased to ID+IFNAME,
 # IPAM_LEGACY to those of legacy files holding only ID and IPAM_EMPTY to empty
-# lease files (space-separated). One read per lease file, no process.
+# lease files (space-separated). A stat per file; the owners are read in the
+# shell (no process) while the store is small, else one grep picks the files
+# that name ID -- the shell's read costs a system call per byte.
 ipam_find() {
 	IPAM_HELD=
 	IPAM_LEGACY=
 	IPAM_EMPTY=
+	IPAM_NAMES=
+	IPAM_COUNT=0
 	for IPAM_FILE in "$IPAM_STORE"/*; do
 		IPAM_NAME=${IPAM_FILE##*/}
 		ipam_is_lease_name "$IPAM_NAME" || continue
-		ipam_read_owner "$IPAM_FILE" || continue
+		if [ -s "$IPAM_FILE" ]; then
+			IPAM_NAMES="$IPAM_NAMES $IPAM_NAME"
+			IPAM_COUNT=$((IPAM_COUNT + 1))
+		elif [ -f "$IPAM_FILE" ]; then
+			IPAM_EMPTY="$IPAM_EMPTY $IPAM_NAME"
+		fi
+	done
+	if [ "$IPAM_COUNT" -gt "$IPAM_SCAN_MAX" ] && command -v grep >/dev/null 2>&1; then
+		ipam_grep_names "$1"
+	fi
+	for IPAM_NAME in $IPAM_NAMES; do
+		ipam_read_owner "$IPAM_STORE/$IPAM_NAME" || continue
 		if [ "$IPAM_OWNER" = "$1 $2" ]; then
 			IPAM_HELD="$IPAM_HELD $IPAM_NAME"
 		elif [ "$IPAM_OWNER" = "$1" ]; then
 			IPAM_LEGACY="$IPAM_LEGACY $IPAM_NAME"
-		elif [ -z "$IPAM_OWNER" ]; then
-			IPAM_EMPTY="$IPAM_EMPTY $IPAM_NAME"
 		fi
 	done
+}
+
+# ipam_grep_names ID: narrows IPAM_NAMES to the lease files with a line that
+# is ID, or ID and one control character (the \r); unchanged if grep fails.
+ipam_grep_names() {
+	IPAM_RE=
+	IPAM_QUAD=$1
+	while [ -n "$IPAM_QUAD" ]; do
+		IPAM_C=${IPAM_QUAD%"${IPAM_QUAD#?}"}
+		IPAM_QUAD=${IPAM_QUAD#?}
+		case $IPAM_C in
+		.) IPAM_RE="$IPAM_RE\\." ;;
+		*) IPAM_RE=$IPAM_RE$IPAM_C ;;
+		esac
+	done
+	IPAM_MATCHES=$(grep -r -l -x -e "$IPAM_RE" -e "${IPAM_RE}[[:cntrl:]]" "$IPAM_STORE") || [ "$?" -eq 1 ] || return 0
+	IPAM_NAMES=
+	while IFS= read -r IPAM_FILE; do
+		IPAM_NAME=${IPAM_FILE##*/}
+		if [ -n "$IPAM_FILE" ] && ipam_is_lease_name "$IPAM_NAME"; then
+			IPAM_NAMES="$IPAM_NAMES $IPAM_NAME"
+		fi
+	done <<IPAM_EOF
+$IPAM_MATCHES
+IPAM_EOF
 }
 
 # ipam_is_lease_name NAME: whether NAME can be a lease file (an IPv4 or IPv6
