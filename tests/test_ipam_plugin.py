@@ -26,11 +26,11 @@ NETWORK = "ipamnet"
 LEASE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
-def topology(node_prefix: int, subnet: str) -> str:
+def topology(node_prefix: int, subnet: str, version: str = "1.0.0") -> str:
     return f"""
 network:
   name: {NETWORK}
-  cniVersion: "1.0.0"
+  cniVersion: "{version}"
   podCIDR: 10.244.0.0/16
   nodePrefixLength: {node_prefix}
   bridge: ipambr0
@@ -45,9 +45,9 @@ nodes:
 class Node:
     """The compiled node1 in namespace `ns`; /var/lib/cni is `cni_dir` there."""
 
-    def __init__(self, netns, tmp_path: Path, node_prefix: int = 24, subnet: str = "10.244.1.0/24", shell: str = "dash", flock: bool = True):
+    def __init__(self, netns, tmp_path: Path, node_prefix: int = 24, subnet: str = "10.244.1.0/24", shell: str = "dash", flock: bool = True, version: str = "1.0.0"):
         out = tmp_path / "out"
-        r = podnet("compile", str(write_topology(tmp_path, topology(node_prefix, subnet))), "-o", str(out))
+        r = podnet("compile", str(write_topology(tmp_path, topology(node_prefix, subnet, version))), "-o", str(out))
         assert r.returncode == 0, r.stderr
         self.dir = out / "nodes" / "node1"
         conflist = json.loads(next(self.dir.glob("*.conflist")).read_text())
@@ -181,3 +181,24 @@ def test_sigkill_at_random_moments_then_del_cleans_the_node(netns, tmp_path, she
     assert node.leases() == {}
     assert node.veths() == []
     assert killed > 0
+
+
+@needs
+@pytest.mark.parametrize("shell,flock", [("dash", True), ("busybox", True), ("dash", False)], ids=["dash", "busybox", "dash-noflock"])
+@pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
+def test_cni_gc_releases_every_lease_not_in_the_valid_attachments(netns, tmp_path, shell, flock, key):
+    """CNI 1.1 GC through the plugin: leases (and veths) of pods the runtime no
+    longer knows are released -- also leftovers such as a lease whose ADD was
+    never followed by a DEL -- and the listed ones stay."""
+    node = Node(netns, tmp_path, shell=shell, flock=flock, version="1.1.0")
+    pods = [netns.add(f"p{i}") for i in range(6)]
+    results = node.run_all([node.start("ADD", f"pod{i}", f"/run/netns/{ns}") for i, ns in enumerate(pods)])
+    addrs = [added_address(r) for r in results]
+    node.store.joinpath("10.244.1.200").write_bytes(b"ghost\r\neth0")  # a sandbox lost without DEL
+    keep = [{"containerID": f"pod{i}", "ifname": "eth0"} for i in (0, 2, 4)]
+    gc_conf = dict(json.loads(node.conf), **{key: keep})
+    proc = node.start("GC", "")
+    stdout, stderr = proc.communicate(json.dumps(gc_conf), timeout=120)
+    assert proc.returncode == 0, stdout + stderr
+    assert node.leases() == {addrs[i].split("/")[0]: f"pod{i}\r\neth0".encode() for i in (0, 2, 4)}
+    assert len(node.veths()) == 3

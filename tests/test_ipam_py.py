@@ -215,3 +215,15 @@ def test_fallback_is_python_3_8_compatible_source(mod):
     import ast
 
     ast.parse(mod.PATH.read_text(), feature_version=(3, 8))
+
+
+def test_boot_time_gc_as_the_readme_shows_releases_every_lease(mod, tmp_path):
+    """README: `podnet-ipam.py gc --store DIR --ranges '' </dev/null` at boot."""
+    store = tmp_path / "podnet"
+    store.mkdir()
+    for name, content in {"10.244.1.2": b"a\r\neth0", "10.244.1.3": b"b", "10.244.1.4": b"", ".podnet-lease.1": b"x"}.items():
+        (store / name).write_bytes(content)
+    (store / "last_reserved_ip.0").write_bytes(b"10.244.1.4")
+    r = subprocess.run([sys.executable, str(mod.PATH), "gc", "--store", str(store), "--ranges", ""], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert sorted(os.listdir(store)) == ["last_reserved_ip.0", "lock"]

@@ -264,12 +264,14 @@ class Allocator:
         return lines
 
     def release(self, cid: str, ifname: str) -> None:
-        """The pair's leases; when it has none, legacy files holding only the ID."""
+        """The pair's leases; when it has none, legacy files holding only the ID.
+        Also empty files: a writer killed between create and write (perhaps
+        this pair's) left them, and under the lock no write is in progress."""
         owners = self.owners()
         names = [n for n, o in owners.items() if o == cid + " " + ifname]
         if not names:
             names = [n for n, o in owners.items() if o == cid]
-        for name in names:
+        for name in names + [n for n, o in owners.items() if o == ""]:
             self.store.remove(name)
 
     def gc(self, valid: Set[Tuple[str, str]]) -> None:
