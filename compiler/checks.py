@@ -74,7 +74,7 @@ def node_prefix_fits(f: Facts) -> Iterator[Diagnostic]:
 
 def pinned_subnets(f: Facts) -> Iterator[Diagnostic]:
     """Pinned subnets: inside podCIDR, of the node size, not overlapping each other."""
-    seen: List[Tuple[Any, int]] = []
+    pinned: List[Tuple[Any, int]] = []
     for i, n in enumerate(f.nodes):
         sub = _network(n.get("podCIDR"))
         if sub is None:
@@ -85,11 +85,26 @@ def pinned_subnets(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(path, f"{where}: {sub} is outside network.podCIDR {f.pod_cidr}")
         elif f.node_prefix is not None and sub.prefixlen != f.node_prefix:
             yield f.doc.at(path, f"{where}: {sub} is a /{sub.prefixlen}, but network.nodePrefixLength is {f.node_prefix}")
-        for other, j in seen:
-            if sub.version == other.version and sub.overlaps(other):
-                yield f.doc.at(path, f"{where}: {sub} overlaps {other} of node {_name(f, j)} (nodes[{j}])")
-                break
-        seen.append((sub, i))
+        pinned.append((sub, i))
+    yield from _overlaps(f, pinned)
+
+
+def _overlaps(f: Facts, pinned: List[Tuple[Any, int]]) -> Iterator[Diagnostic]:
+    """Each subnet that overlaps one earlier in the file, in O(n log n): sweep the
+    subnets by start address, keeping the one reaching furthest so far."""
+    spans = sorted(
+        (sub.version, int(sub.network_address), i, int(sub.broadcast_address), sub)
+        for sub, i in pinned
+    )
+    reach: Optional[Tuple[int, int, int, Any]] = None  # (version, end, index, subnet)
+    for version, start, i, end, sub in spans:
+        if reach is not None and reach[0] == version and start <= reach[1]:
+            # report on the later of the two nodes in file order
+            later, earlier, other = (i, reach[2], reach[3]) if i > reach[2] else (reach[2], i, sub)
+            later_sub = sub if later == i else reach[3]
+            yield f.doc.at(f.node_path(later, "podCIDR"), f"nodes[{later}].podCIDR: {later_sub} overlaps {other} of node {_name(f, earlier)} (nodes[{earlier}])")
+        if reach is None or reach[0] != version or end > reach[1]:
+            reach = (version, end, i, sub)
 
 
 def unique_names(f: Facts) -> Iterator[Diagnostic]:

@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     vf.add_argument("--max-pairs", type=_positive, default=5000, metavar="N", help="ping every pod pair up to N pairs, above that a sample covering every node pair both ways (default: 5000)")
     vf.add_argument("--keep", action="store_true", help="leave the namespaces, pods and files in place for inspection (prints how to remove them)")
     vf.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
+    d = sub.add_parser("diff", help="summarise the effect of changing OLD_TOPOLOGY into NEW_TOPOLOGY")
+    d.add_argument("old", metavar="OLD_TOPOLOGY")
+    d.add_argument("new", metavar="NEW_TOPOLOGY")
+    d.add_argument("--allow-move", "--force", dest="allow_move", action="store_true",
+                   help="accept moving a node's pod subnet (drain the node first)")
     return p
 
 
@@ -86,27 +92,26 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from compiler import write
-    from compiler.artifacts import build_files
+    from compiler.artifacts import compile_into
     from compiler.load import load_file
     from compiler.topology import build
 
     doc = load_file(args.topology)
     topo = build(doc)
-    files = build_files(topo, doc.text.encode())
-    pending = write.changes(args.output, files)
+
+    def show(change) -> None:  # --check: the diff goes to stdout as soon as it is found
+        print(change.diff(), end="")
+
+    pending = compile_into(args.output, topo, doc.text.encode(), check=args.check, on_change=show)
     if args.check:
-        for change in pending:
-            print(change.diff(), end="")
         for change in pending:
             print(f"{args.output}/{change.path}: {change.kind}", file=sys.stderr)
         if pending:
             print(f"podnet compile --check: {len(pending)} file(s) differ; run `podnet compile {args.topology} -o {args.output}`", file=sys.stderr)
             return EXIT_FAIL
         return EXIT_OK
-    write.apply(args.output, files, pending)
     if not args.quiet:
-        print(f"{args.output}: {len(files)} files, {len(pending)} written or removed")
+        print(f"{args.output}: {len(topo.nodes)} nodes, {len(pending)} file(s) written or removed")
     return EXIT_OK
 
 
@@ -137,9 +142,26 @@ def cmd_verify(args) -> int:
     return EXIT_OK if passed else EXIT_FAIL
 
 
+def cmd_diff(args) -> int:
+    from compiler.diff import compare
+    from compiler.load import load_file
+    from compiler.topology import build
+
+    old = build(load_file(args.old))
+    new_doc = load_file(args.new)
+    report = compare(old, build(new_doc), new_doc)
+    print(f"podnet diff {args.old} -> {args.new}:")
+    for line in report.lines:
+        print(f"  {line}")
+    if report.moves and not args.allow_move:
+        raise InputError(args.new, report.moves)
+    return EXIT_OK
+
+
 _COMMANDS = {
     "validate": cmd_validate,
     "compile": cmd_compile,
     "allocate": cmd_allocate,
     "verify": cmd_verify,
+    "diff": cmd_diff,
 }

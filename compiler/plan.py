@@ -6,12 +6,14 @@ computed here. The manifest is not planned: it describes what the writer wrote.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
-from compiler.model import IPAddress, IPNetwork, Node, Topology
+from compiler import ansible, review
+from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
 
@@ -53,7 +55,7 @@ def plan(topo: Topology) -> List[Artifact]:
     common = {"source": src, "network": _network_view(topo)}
     out: List[Artifact] = [
         Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table(topo)}),
-        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, "nodes": [_node_view(topo, n) for n in topo.nodes], "routes": route_table(topo)}),
+        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, route_table(topo))}),
     ]
     for node in topo.nodes:
         view = {**common, "node": _node_view(topo, node)}
@@ -62,9 +64,12 @@ def plan(topo: Topology) -> List[Artifact]:
             Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
             Artifact(f"{base}/{conf_name(topo)}", 0o644, "json", data=cni_config(topo, node)),
             Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
+            # IPAM without util-linux flock: the plugin runs it from its own directory
+            Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
         ]
     if topo.network.routing == "router":
         out.append(Artifact("router/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": router_routes_view(topo)}))
+    out += ansible.artifacts(topo, out)  # derives the files it ships from `out`: keep it last
     return sorted(out, key=lambda a: a.path)
 
 
@@ -84,6 +89,8 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
         "ipam_store": ipam_store(topo),
         "plugin": net.plugin,
         "conf_name": conf_name(topo),
+        # The spec versions the plugin speaks (VERSION), oldest first.
+        "cni_versions": list(CNI_VERSIONS),
     }
 
 
@@ -103,9 +110,30 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         # leaving the cluster's pod range. The plugin and routes.sh install exactly this
         # spelling idempotently (`-C || -A`), so it never piles up and never leaks.
         "masq_rule": masquerade_rule(topo, node),
+        # The plugin's view: the bridge's addresses (gateway/prefix per family), the
+        # routes every pod gets (via its family's gateway), the lock the plugin takes
+        # around the masquerade rule (the IPAM store's, so no new file appears).
+        "bridge_addresses": [f"{g}/{s.prefixlen}" for g, s in zip(node.gateways, node.subnets)],
+        "pod_routes": pod_routes(node),
+        "bridge_mac": bridge_mac(topo, node),
+        "store_lock": f"{ipam_store(topo)}/lock",
         # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
         "ipam_ranges": [",".join((str(s), str(lo), str(hi), str(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
     }
+
+
+def bridge_mac(topo: Topology, node: Node) -> str:
+    """The bridge's MAC address, fixed when the plugin creates it: left to the kernel,
+    a bridge takes its lowest port's MAC and changes it as pods come and go, which
+    makes pods lose packets to stale neighbour entries. Locally administered,
+    unicast, and derived from the network and node names, so compiles are stable."""
+    digest = hashlib.sha256(f"{topo.network.name}/{node.name}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def pod_routes(node: Node) -> List[str]:
+    """The destinations every pod routes via its gateway: the default route per family."""
+    return ["0.0.0.0/0" if s.version == 4 else "::/0" for s in node.subnets]
 
 
 def masquerade_rule(topo: Topology, node: Node) -> List[str]:
@@ -210,7 +238,7 @@ def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
         "ipam": {
             "dataDir": net.data_dir,
             "ranges": [[_cni_range(topo, s, g, lo, hi)] for s, g, (lo, hi) in zip(node.subnets, node.gateways, ipam_ranges(topo, node))],
-            "routes": [{"dst": "0.0.0.0/0" if s.version == 4 else "::/0"} for s in node.subnets],
+            "routes": [{"dst": dst} for dst in pod_routes(node)],
         },
     }
     if net.cni_version in ("0.1.0", "0.2.0"):

@@ -94,37 +94,154 @@ def changes(out_dir: str, files: Files) -> List[Change]:
 
 
 def apply(out_dir: str, files: Files, pending: List[Change]) -> None:
-    """Writes what `changes` found; the manifest goes last so a crash leaves the old one."""
-    ordered = sorted(pending, key=lambda c: (c.path == MANIFEST, c.path))
-    for change in ordered:
+    """Writes what `changes` found. New contents go to temporary files first, then one
+    sync, then each is renamed over its target (atomic per file); the manifest is
+    renamed last, so a crash part-way leaves the previous manifest."""
+    staged: List[Tuple[str, str]] = []  # (temp, target)
+    try:
+        for change in pending:
+            if change.kind in ("new", "changed"):
+                content, mode = files[change.path]
+                full = os.path.join(out_dir, change.path)
+                staged.append((_stage(full, content, mode), full))
+        if staged:
+            os.sync()  # one sync for all files, not an fsync per file
+        staged.sort(key=lambda s: s[1].endswith(os.sep + MANIFEST) or s[1] == MANIFEST)
+        while staged:
+            tmp, full = staged.pop(0)
+            os.replace(tmp, full)
+    finally:
+        for tmp, _ in staged:
+            _unlink_quietly(tmp)
+    for change in pending:
         full = os.path.join(out_dir, change.path)
         if change.kind == "removed":
             os.unlink(full)
             _prune_empty_dirs(out_dir, os.path.dirname(change.path))
         elif change.kind == "mode":
             os.chmod(full, files[change.path][1])
+
+
+class TreeWriter:
+    """Streams artifacts into OUT without holding them all in memory.
+
+    `add` compares each file with what is on disk at once and stages a temporary
+    file only when it differs (or, in check mode, hands the difference to
+    `on_change` and keeps nothing); `finish` adds the manifest and the removals;
+    `commit` makes it so with one sync and a rename per file, manifest last.
+    """
+
+    def __init__(self, out_dir: str, check: bool = False, on_change=None):
+        self.out_dir = out_dir
+        self.check = check
+        self.on_change = on_change or (lambda change: None)
+        self.entries: Dict[str, Dict[str, object]] = {}
+        self.pending: List[Change] = []  # without contents: they were staged or reported
+        self._staged: List[Tuple[str, str]] = []  # (temp, target)
+        self._modes: Dict[str, int] = {}
+
+    def add(self, path: str, content: bytes, mode: int) -> None:
+        self.entries[path] = {"mode": f"{mode:04o}", "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+        self._compare(path, content, mode)
+
+    def _compare(self, path: str, content: bytes, mode: int) -> None:
+        full = os.path.join(self.out_dir, path)
+        try:
+            with open(full, "rb") as f:
+                old: Optional[bytes] = f.read()
+            old_mode = os.stat(full).st_mode & 0o777
+        except FileNotFoundError:
+            old, old_mode = None, mode
+        if old == content and old_mode == mode:
+            return
+        kind = "new" if old is None else "changed" if old != content else "mode"
+        change = Change(path, kind, old, content)
+        if self.check:
+            self.on_change(change)
+        elif kind == "mode":
+            self._modes[path] = mode
         else:
-            content, mode = files[change.path]
-            _atomic_write(full, content, mode)
+            self._staged.append((_stage(full, content, mode), full))
+        self.pending.append(Change(path, kind))
+
+    def finish(self, topology_bytes: bytes, source: str) -> List[Change]:
+        """Adds manifest.json and the removals of artifacts podnet no longer produces."""
+        manifest = {
+            "podnet": __version__,
+            "topology": {"file": source, "sha256": hashlib.sha256(topology_bytes).hexdigest()},
+            "artifacts": dict(sorted(self.entries.items())),
+        }
+        self._compare(MANIFEST, (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode(), 0o644)
+        for path in previous_artifacts(self.out_dir):
+            full = os.path.join(self.out_dir, path)
+            if path not in self.entries and path != MANIFEST and os.path.isfile(full):
+                if self.check:
+                    with open(full, "rb") as f:
+                        self.on_change(Change(path, "removed", f.read(), None))
+                self.pending.append(Change(path, "removed"))
+        self.pending.sort(key=lambda c: c.path)
+        return self.pending
+
+    def commit(self) -> None:
+        if self.check:
+            raise RuntimeError("a check-mode TreeWriter never writes")
+        try:
+            if self._staged:
+                os.sync()  # one sync for all files, not an fsync per file
+            manifest = os.path.join(self.out_dir, MANIFEST)
+            self._staged.sort(key=lambda s: s[1] == manifest)
+            while self._staged:
+                tmp, full = self._staged[0]
+                os.replace(tmp, full)
+                self._staged.pop(0)
+            for path, mode in self._modes.items():
+                os.chmod(os.path.join(self.out_dir, path), mode)
+            for change in self.pending:
+                if change.kind == "removed":
+                    os.unlink(os.path.join(self.out_dir, change.path))
+                    _prune_empty_dirs(self.out_dir, os.path.dirname(change.path))
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Removes staged temporary files (after a failure part-way)."""
+        for tmp, _ in self._staged:
+            _unlink_quietly(tmp)
+        self._staged.clear()
 
 
-def _atomic_write(full: str, content: bytes, mode: int) -> None:
+def replace_file(full: str, content: bytes) -> None:
+    """Atomically replaces an existing file (e.g. the topology, for `allocate --write`),
+    keeping its mode; synced before the rename so a crash leaves the old or the new file."""
+    tmp = _stage(full, content, os.stat(full).st_mode & 0o7777)
+    try:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, full)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _stage(full: str, content: bytes, mode: int) -> str:
     directory = os.path.dirname(full)
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".podnet-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, full)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_quietly(tmp)
         raise
+    return tmp
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _prune_empty_dirs(out_dir: str, rel_dir: str) -> None:

@@ -15,8 +15,10 @@ Compared, and every difference listed in the failure message:
     MAC addresses, host veth names and sandbox paths abstracted;
   * the leases both IPAMs hold (same addresses, same owners' layout);
   * after DEL: nothing left on either side.
-Not compared, by design: masquerade. The reference builds an iptables chain
-per container; podnet installs one rule per node (see plan.masquerade_rule).
+Masquerade is compared by effect, not by rules: the reference builds an
+iptables chain per container, podnet installs one rule per node (see
+plan.masquerade_rule); a pod reaches an outside host with no route back to
+pods exactly when masquerade is on, with either plugin.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from peers import (
     install_podnet,
     install_reference,
     node_facts,
+    ping,
     pod_facts,
     result_shape,
     topology_yaml,
@@ -44,16 +47,20 @@ from peers import (
 pytestmark = pytest.mark.netns
 
 
-@pytest.fixture
-def pair(netns, tmp_path, request):
+def make_pair(netns, tmp_path, version: str, masquerade: bool = True):
     """(reference node, podnet node), both from one compiled topology."""
     ok, why = driver_available()
     if not ok:
         pytest.skip(why)
-    out = compile_topology(tmp_path, topology_yaml(request.param))
+    out = compile_topology(tmp_path, topology_yaml(version, masquerade=masquerade))
     ref = install_reference(out, netns.add("refnode"), tmp_path / "reference")
     pn = install_podnet(out, netns.add("pnnode"), tmp_path / "podnet")
     return ref, pn
+
+
+@pytest.fixture
+def pair(netns, tmp_path, request):
+    return make_pair(netns, tmp_path, request.param)
 
 
 def lease_view(node: CniNode, pods) -> dict:
@@ -115,3 +122,38 @@ def test_differential_catches_a_difference(pair, netns):
     compare("kernel", before, pod_facts(pod), found)
     assert found == ["kernel: mtu: reference 1400 != podnet 1280"]
     assert ref.detach(pod).rc == 0
+
+
+def add_underlay(netns, node: CniNode, tag: str) -> str:
+    """An outside host on the node's underlay (192.168.1.0/24, the node being
+    192.168.1.2) with no route back to the pod range: a pod's packets reach it
+    and come back only when the node masquerades them. Returns its address."""
+    outside = netns.add(f"{tag}out")
+    sh(["ip", "-n", node.ns, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1", "netns", outside])
+    sh(["ip", "-n", node.ns, "addr", "add", "192.168.1.2/24", "dev", "uplink0"])
+    sh(["ip", "-n", outside, "addr", "add", f"{OUTSIDE}/24", "dev", "uplink1"])
+    for ns, dev in ((node.ns, "uplink0"), (outside, "uplink1")):
+        sh(["ip", "-n", ns, "link", "set", dev, "up"])
+    return OUTSIDE
+
+
+OUTSIDE = "192.168.1.100"
+
+
+@PODNET_PENDING
+@pytest.mark.parametrize("masquerade", [True, False], ids=["masquerade", "no-masquerade"])
+def test_masquerade_behaves_like_reference(masquerade, netns, tmp_path):
+    """Different rules, same effect: with `masquerade` a pod reaches a host
+    outside podCIDR that has no route back to pods (its traffic leaves with the
+    node's address); without it, it does not."""
+    ref, pn = make_pair(netns, tmp_path, "1.0.0", masquerade=masquerade)
+    reached = {}
+    for tag, node in (("ref", ref), ("pn", pn)):
+        pod = Pod(netns.add(f"{tag}pod", lo_up=False))
+        added = node.attach(pod)
+        assert added.rc == 0, f"{tag} ADD failed: {added.describe()}"
+        reached[tag] = ping(pod, add_underlay(netns, node, tag)).returncode == 0
+        assert node.detach(pod).rc == 0
+        if tag == "ref":
+            assert reached["ref"] == masquerade, "the reference does not behave as expected: harness problem"
+    assert reached["pn"] == masquerade, f"podnet: outside host reached = {reached['pn']}, the reference: {reached['ref']}"

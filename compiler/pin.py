@@ -1,0 +1,185 @@
+"""`podnet allocate TOPOLOGY --write`: pin every allocated subnet into the topology.
+
+The file is edited with ruamel.yaml's round-trip mode so that comments, key order,
+quoting and blank lines stay as the user wrote them; only a `podCIDR:` line per
+unpinned node is new (placed after `interface`, else after `address`, at the
+node's indentation; a flow-style node `{name: x, address: y}` gets the key
+inside its braces instead). Round-trip dumping is not perfect for every
+layout, so the result is checked before anything is written: the data must
+equal the intended data, and a line diff against the original may hold nothing
+but the pinned lines. If either check fails the file is left alone and the
+error says which line to add by hand.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import io
+import os
+import re
+from typing import Dict, List, Tuple
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.util import load_yaml_guess_indent
+
+from compiler.diagnostics import Diagnostic, InputError
+from compiler.model import Topology
+from compiler.write import replace_file
+
+KEY = "podCIDR"
+AFTER = ("interface", "address")  # the inserted key follows the first of these present
+
+
+def pin_subnets(path: str, topo: Topology) -> int:
+    """Pins each allocated (not pinned) node subnet of `topo` into the file at
+    `path`; returns how many were pinned. Writes nothing when there is none."""
+    todo = {n.name: str(n.subnet) for n in topo.nodes if not all(n.pinned)}
+    if not todo:
+        return 0
+    with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    new_text = pinned_text(path, text, todo)
+    replace_file(os.path.realpath(path), new_text.encode("utf-8"))
+    return len(todo)
+
+
+def pinned_text(path: str, text: str, todo: Dict[str, str]) -> str:
+    """`text` with `podCIDR: SUBNET` added to each node named in `todo`."""
+    yaml = _round_trip(text)
+    data = yaml.load(text)
+    nodes = data["nodes"]
+    for node in nodes:
+        if isinstance(node, CommentedMap) and node.get("name") in todo and KEY not in node:
+            _insert(node, todo[node["name"]])
+    buf = io.StringIO()
+    yaml.dump(data, buf)
+    new_text = buf.getvalue()
+    if "\r\n" in text:
+        new_text = new_text.replace("\r\n", "\n").replace("\n", "\r\n")
+    if text.startswith("\ufeff"):
+        new_text = "\ufeff" + new_text.lstrip("\ufeff")
+    try:
+        _verify(path, text, new_text, todo)
+    except InputError:
+        # The dumper normalised something else (aligned values, odd spacing). Block-style
+        # nodes can still be pinned exactly: insert the lines where the round-trip
+        # loader says the preceding key is.
+        lines = _insert_lines(text, YAML(typ="rt").load(text)["nodes"], todo)
+        if lines is None:
+            raise
+        new_text = "".join(lines)
+        _verify(path, text, new_text, todo)
+    return new_text
+
+
+def _insert_lines(text: str, nodes: list, todo: Dict[str, str]):
+    """The file's lines with `podCIDR: SUBNET` after each unpinned node's `interface`
+    or `address` line, at that key's column; None when a node is in flow style."""
+    lines = text.splitlines(keepends=True)
+    newline = "\r\n" if "\r\n" in text else "\n"
+    inserts: List[Tuple[int, str]] = []
+    for node in nodes:
+        if not isinstance(node, CommentedMap) or node.get("name") not in todo:
+            continue
+        prev = next((k for k in AFTER if k in node), None)
+        if prev is None or node.fa.flow_style():
+            return None
+        line, col = node.lc.key(prev)
+        if line + 1 > len(lines) or KEY in node:
+            return None
+        inserts.append((line + 1, " " * col + f"{KEY}: {todo[node['name']]}{newline}"))
+    for at, new in sorted(inserts, reverse=True):
+        if at == len(lines) and not lines[-1].endswith("\n"):
+            lines[-1] += newline
+        lines.insert(at, new)
+    return lines
+
+
+def _round_trip(text: str) -> YAML:
+    """A round-trip YAML set up to reproduce this file's indentation and quotes."""
+    _, seq_indent, seq_offset = load_yaml_guess_indent(text)
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 1 << 16  # never re-wrap a long line
+    yaml.indent(mapping=_mapping_indent(text), sequence=seq_indent or 2, offset=seq_offset or 0)
+    yaml.explicit_start = bool(re.search(r"^---[ \t]*\r?$", text, re.M))
+    return yaml
+
+
+def _mapping_indent(text: str) -> int:
+    """The indentation of the first key nested under a top-level key (`network:`)."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if re.match(r"^[A-Za-z_][\w-]*:\s*(#.*)?$", line):
+            for nxt in lines[i + 1:]:
+                if nxt.strip() and not nxt.lstrip().startswith("#"):
+                    m = re.match(r"^( +)[A-Za-z_\"']", nxt)
+                    if m:
+                        return len(m.group(1))
+                    break
+    return 2
+
+
+def _insert(node: CommentedMap, subnet: str) -> None:
+    keys = list(node.keys())
+    prev = next((k for k in AFTER if k in node), keys[-1])
+    pos = keys.index(prev) + 1
+    node.insert(pos, KEY, subnet)
+    _move_following_comments(node, prev)
+
+
+def _move_following_comments(node: CommentedMap, prev: str) -> None:
+    """ruamel keeps the comment lines and blank lines that follow a key on that key
+    (with its end-of-line comment). The inserted key goes right after `prev`, so
+    those lines must follow the new key instead: split the token after the first
+    line, keep the end-of-line part on `prev`, give the rest to the new key."""
+    items = node.ca.items
+    slot = items.get(prev)
+    if not slot or len(slot) < 3 or slot[2] is None:
+        return
+    token = slot[2]
+    value = token.value
+    cut = value.find("\n")
+    if cut < 0 or cut == len(value) - 1:
+        return  # only an end-of-line comment: it stays where it is
+    head, tail = value[: cut + 1], value[cut + 1:]
+    moved = copy.copy(token)
+    moved.value = "\n" + tail
+    if head.strip():
+        token.value = head
+    else:
+        slot[2] = None
+    items[KEY] = [None, None, moved, None]
+
+
+def _verify(path: str, old: str, new: str, todo: Dict[str, str]) -> None:
+    """Refuses a result that changed anything but the pinned lines."""
+    problems: List[Tuple[int, str]] = []
+    check = YAML(typ="safe", pure=True).load(new)
+    for raw in check.get("nodes", []):
+        if isinstance(raw, dict) and raw.get("name") in todo and raw.get(KEY) != todo[raw["name"]]:
+            problems.append((1, f"node {raw['name']}: pinning failed"))
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    pinned = {f"{KEY}: {s}" for s in todo.values()}
+    matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
+    for op, a1, a2, b1, b2 in matcher.get_opcodes():
+        if op == "equal":
+            continue
+        if op == "insert" and all(line.strip() in pinned for line in new_lines[b1:b2]):
+            continue
+        if op == "replace" and a2 - a1 == b2 - b1 and all(_flow_pin(o, n, pinned) for o, n in zip(old_lines[a1:a2], new_lines[b1:b2])):
+            continue
+        problems.append((a1 + 1, f"pinning would also change line {a1 + 1} ({(old_lines[a1:a2] or [''])[0].strip()!r})"))
+    if problems:
+        hints = "; ".join(f"{name}: {KEY}: {subnet}" for name, subnet in sorted(todo.items()))
+        raise InputError(path, [Diagnostic(line, 1, f"{msg}; the file is unchanged: add these lines by hand instead ({hints})") for line, msg in problems[:1]])
+
+
+def _flow_pin(old: str, new: str, pinned: set) -> bool:
+    """A flow-style node line that only gained `, podCIDR: X` before its brace."""
+    for p in pinned:
+        if new.replace(f", {p}", "", 1) == old:
+            return True
+    return False
