@@ -41,17 +41,13 @@ DEFAULTS = {
     "podnet_become": True,
 }
 ROUTES_HANDLER = "Apply the pod routes"
+INSTALLED = "installed.json"  # in podnet_dir: every path the playbook installed, a JSON list
 BANNER = "partials/banner.sh.j2"  # a '#' comment: generated, from which topology, how to regenerate
 
-# Destination directories as the tasks see them: the prefix, then the directory.
-_DIRS = {
-    "bin": "{{ _podnet_bin_dir }}",
-    "conf": "{{ _podnet_conf_dir }}",
-    "etc": "{{ _podnet_etc_dir }}",
-}
-
-
+# Destination directories: key -> the user's variable. A play defines _podnet_KEY_dir
+# as podnet_root + that variable (with its default), and tasks use it as _DIRS[key].
 _DIR_VARS = {"bin": "cni_bin_dir", "conf": "cni_conf_dir", "etc": "podnet_dir"}
+_DIRS = {key: f"{{{{ _podnet_{key}_dir }}}}" for key in _DIR_VARS}
 
 
 def _default(var: str) -> str:
@@ -73,10 +69,11 @@ def artifacts(topo: Topology, planned: Sequence[Any]) -> List[Any]:
     modes = {a.path: f"{a.mode:04o}" for a in planned}
     node_files = _node_files(topo, modes)
     router_files = {p: m for p, m in sorted(modes.items()) if p.startswith("router/")}
+    table_mode = modes.get("routes.table", "0644")
     source = source_name(topo.source)
     return [
         Artifact(INVENTORY, 0o644, "yaml", BANNER, {"source": source, "document": inventory(topo, bool(router_files))}),
-        Artifact(PLAYBOOK, 0o644, "yaml", BANNER, {"source": source, "document": playbook(topo, node_files, router_files)}),
+        Artifact(PLAYBOOK, 0o644, "yaml", BANNER, {"source": source, "document": playbook(topo, node_files, router_files, table_mode)}),
     ]
 
 
@@ -103,18 +100,18 @@ def inventory(topo: Topology, with_router: bool) -> Dict[str, Any]:
     return {"all": {"children": groups}}
 
 
-def playbook(topo: Topology, node_files: Dict[str, str], router_files: Dict[str, str]) -> List[Dict[str, Any]]:
+def playbook(topo: Topology, node_files: Dict[str, str], router_files: Dict[str, str], table_mode: str) -> List[Dict[str, Any]]:
     """One play for the nodes, and one for the router when there is a router/ directory.
-    Both take name -> mode of the files to ship."""
+    Both take name -> mode of the files to ship; routes.table goes beside each routes.sh."""
     src = "{{ playbook_dir }}/../nodes/{{ podnet_node }}"
     installs = [_install(topo, name, f"{src}/{name}", mode) for name, mode in node_files.items()]
     if "routes.sh" in node_files:
-        installs.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", "0644"))
+        installs.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", table_mode))
     plays = [_play(topo, f"Install pod network {topo.network.name} on its nodes", NODES_GROUP, installs, node=True)]
     if router_files:
         router = [("etc", posixpath.basename(p), f"{{{{ playbook_dir }}}}/../{p}", mode) for p, mode in router_files.items()]
         if "router/routes.sh" in router_files:
-            router.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", "0644"))
+            router.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", table_mode))
         plays.append(_play(topo, f"Install pod network {topo.network.name} routes on the router", ROUTER_GROUP, router, node=False))
     return plays
 
@@ -153,6 +150,7 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
         tasks.append(_copy_task("Install the CNI plugin, its helpers and its config", others, notify=False))
     if routes:
         tasks.append(_copy_task("Install routes.sh and the route table", routes, notify=True))
+    tasks += _cleanup_tasks()
     return {
         "name": name,
         "hosts": f'{{{{ podnet_hosts | default("{hosts}") }}}}' if node else hosts,
@@ -160,7 +158,10 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
         "become": _default("podnet_become"),
         "serial": _default("podnet_serial"),
         "max_fail_percentage": _default("podnet_max_fail_percentage"),
-        "vars": {f"_podnet_{d}_dir": _path_var(_DIR_VARS[d]) for d in sorted(set(dirs) | {"etc"})},
+        "vars": {
+            **{f"_podnet_{d}_dir": _path_var(_DIR_VARS[d]) for d in sorted(set(dirs) | {"etc"})},
+            "_podnet_installed": sorted(f"{_DIRS[d]}/{dest}" for d, dest, _, _ in installs),
+        },
         "tasks": tasks,
         "handlers": [{
             "name": ROUTES_HANDLER,
@@ -170,6 +171,32 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
             "changed_when": True,
         }],
     }
+
+
+def _cleanup_tasks() -> List[Dict[str, Any]]:
+    """Removes what an earlier run installed and this one does not (a config renamed with
+    the network, a plugin renamed with `type`): a stale config would still be read by
+    the runtime. Only paths listed in INSTALLED (written by this playbook) are removed,
+    after the new files are in place."""
+    record = f"{_DIRS['etc']}/{INSTALLED}"
+    previous = '(_podnet_previous.content | default("W10=") | b64decode | from_json)'  # W10= is "[]"
+    return [
+        {
+            "name": "Read the files podnet installed last time",
+            "ansible.builtin.slurp": {"src": record},
+            "register": "_podnet_previous",
+            "failed_when": False,  # the first run has no record
+        },
+        {
+            "name": "Remove the files podnet installed before and no longer ships",
+            "ansible.builtin.file": {"path": "{{ item }}", "state": "absent"},
+            "loop": f'{{{{ {previous} | difference(_podnet_installed) | select("match", "^/") | sort }}}}',  # absolute paths only
+        },
+        {
+            "name": "Record the files podnet installed",
+            "ansible.builtin.copy": {"content": "{{ _podnet_installed | to_json }}", "dest": record, "mode": "0644"},
+        },
+    ]
 
 
 def _copy_task(name: str, installs: Sequence[Tuple[str, str, str, str]], notify: bool) -> Dict[str, Any]:
