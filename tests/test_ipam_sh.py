@@ -332,3 +332,13 @@ def test_an_unusable_lock_is_a_plain_failure_never_exhaustion(shell, ipam29, tmp
     assert (r.returncode, r.stdout) == (1, "")
     assert "lock" in r.stderr
     assert [p.name for p in store.iterdir()] == ["lock"]
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+@pytest.mark.parametrize("ranges", ["fd00:1::/64,fd00:1::2,fd00:1::ff,fd00:1::1", "10.244.1.0/33,10.244.1.2,10.244.1.6,10.244.1.1", "10.244.1.0/29,10.244.1.2,10.244.1.6", "garbage"])
+def test_a_range_set_the_shell_cannot_handle_is_a_named_error(shell, ipam29, tmp_path, ranges):
+    store = tmp_path / "store"
+    r = call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add c1 eth0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert f"range set '{ranges}' is not IPv4" in r.stderr
+    assert leases(store) == {}
