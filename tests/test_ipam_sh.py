@@ -309,7 +309,39 @@ def test_a_16_subnet_allocates_without_a_process_per_candidate(ipam29, tmp_path)
     assert (r.returncode, r.stdout) == (0, "10.244.3.234/16 10.244.0.1\n")  # 1002 = 3*256 + 234
     execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
     names = sorted(os.path.basename(e) for e in execs[1:])
-    assert names == ["flock"], execs
+    assert names == ["flock", "grep"], execs
+
+
+@pytest.mark.parametrize("leased", [0, 32])
+def test_a_small_store_adds_with_flock_as_the_only_process(tmp_path, leased):
+    if not have("strace"):
+        pytest.skip("needs strace")
+    script = render_ipam(tmp_path, topology_text())
+    store = tmp_path / "store"
+    store.mkdir()
+    for i in range(2, 2 + leased):
+        (store / f"10.244.1.{i}").write_bytes(f"x{i}\r\neth0".encode())
+    trace = tmp_path / "trace"
+    prog = f'. "{script}"; IPAM_STORE="{store}"; ipam_add c1 eth0'
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), "dash", "-c", prog], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, f"10.244.1.{2 + leased}/24 10.244.1.1\n")
+    execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
+    assert [os.path.basename(e) for e in execs[1:]] == ["flock"], execs
+
+
+@pytest.mark.parametrize("shell", ["dash-grep", "busybox-grep"])
+def test_grep_search_matches_whole_ids_only(shell, ipam29, tmp_path):
+    """The search escapes '.', and matches whole lines: a.b is not aXb, nor a.bc."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "10.244.1.2").write_bytes(b"aXb\r\neth0")
+    (store / "10.244.1.3").write_bytes(b"a.bc\r\neth0")
+    (store / "10.244.1.4").write_bytes(b"xa.b\r\neth0")
+    assert call(shell, ipam29, store, "ipam_get a.b eth0").stdout == ""
+    assert call(shell, ipam29, store, "ipam_add a.b eth0").stdout == "10.244.1.5/29 10.244.1.1\n"
+    assert call(shell, ipam29, store, "ipam_get a.b eth0").stdout == "10.244.1.5/29 10.244.1.1\n"
+    call(shell, ipam29, store, "ipam_del a.b eth0")
+    assert sorted(leases(store)) == ["10.244.1.2", "10.244.1.3", "10.244.1.4"]
 
 
 def test_rendered_partial_is_shellcheck_clean(tmp_path):
