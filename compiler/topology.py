@@ -73,6 +73,8 @@ def canonicalise(doc: Document) -> Topology:
         routers=_by_family([ipaddress.ip_address(r) for r in _as_list(routers)], families) if routers else (),
         data_dir=net["dataDir"],
         plugin=net["plugin"],
+        range_start=net.get("rangeStart"),
+        range_end=net.get("rangeEnd"),
     )
     nodes = tuple(
         Node(
