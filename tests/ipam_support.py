@@ -3,7 +3,9 @@ script for one node of an inline topology, plus a runner for its functions."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -29,6 +31,7 @@ def noflock_path() -> str:
         import tempfile
 
         bindir = Path(tempfile.mkdtemp(prefix="podnet-noflock-"))
+        atexit.register(shutil.rmtree, str(bindir), True)
         if os.path.exists("/usr/bin/python3"):  # a node's python3, not a pyenv shim
             (bindir / "python3").symlink_to("/usr/bin/python3")
         for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
