@@ -202,3 +202,62 @@ def test_cni_gc_releases_every_lease_not_in_the_valid_attachments(netns, tmp_pat
     assert proc.returncode == 0, stdout + stderr
     assert node.leases() == {addrs[i].split("/")[0]: f"pod{i}\r\neth0".encode() for i in (0, 2, 4)}
     assert len(node.veths()) == 3
+
+
+@needs
+@pytest.mark.parametrize("flock", [True, False], ids=["flock", "noflock"])
+def test_plugin_and_reference_host_local_allocate_concurrently_on_one_node(netns, tmp_path, flock):
+    """The compiled plugin (CNI ADD/DEL) and /usr/lib/cni/host-local, both run on
+    the node with the same /var/lib/cni, allocating at the same time from
+    /var/lib/cni/networks/NETWORK: no duplicate, each releases its own."""
+    if not os.path.exists("/usr/lib/cni/host-local"):
+        pytest.skip("needs containernetworking-plugins")
+    node = Node(netns, tmp_path, flock=flock)
+    conf = json.loads(node.conf)
+    hl_conf = json.dumps({"cniVersion": conf["cniVersion"], "name": conf["name"], "type": "host-local", "ipam": dict(conf["ipam"], type="host-local")})
+    pods = [netns.add(f"p{i}") for i in range(24)]
+
+    def host_local(command: str, cid: str, ns: str) -> subprocess.Popen:
+        env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=f"/run/netns/{ns}", CNI_IFNAME="eth1", CNI_PATH="/usr/lib/cni", PODNET_TEST_CNI_DIR=str(node.cni_dir))
+        wrapper = 'mount --bind "$PODNET_TEST_CNI_DIR" /var/lib/cni && exec /usr/lib/cni/host-local'
+        p = subprocess.Popen(["ip", "netns", "exec", node.ns, "/bin/sh", "-c", wrapper], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdin.write(hl_conf)
+        p.stdin.close()
+        p.stdin = None
+        return p
+
+    ours = [node.start("ADD", f"pod{i}", f"/run/netns/{ns}") for i, ns in enumerate(pods)]
+    theirs = [host_local("ADD", f"hl{i}", ns) for i, ns in enumerate(pods)]
+    addrs = [added_address(r) for r in node.run_all(ours)]
+    hl = []
+    for p in theirs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, out + err
+        hl.append(json.loads(out)["ips"][0]["address"])
+    assert len(set(addrs + hl)) == 48, "duplicate address between the plugin and host-local"
+    expected = {a.split("/")[0]: f"pod{i}\r\neth0".encode() for i, a in enumerate(addrs)}
+    expected.update({a.split("/")[0]: f"hl{i}\r\neth1".encode() for i, a in enumerate(hl)})
+    assert node.leases() == expected
+    dels = [host_local("DEL", f"hl{i}", ns) for i, ns in enumerate(pods)]
+    results = node.run_all([node.start("DEL", f"pod{i}", f"/run/netns/{ns}") for i, ns in enumerate(pods)])
+    assert [r.returncode for r in results] == [0] * 24
+    for p in dels:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+    assert node.leases() == {}
+    assert node.veths() == []
+
+
+@needs
+def test_plugin_add_with_flock_never_starts_python(netns, tmp_path):
+    if not have("strace"):
+        pytest.skip("needs strace")
+    node = Node(netns, tmp_path)
+    node.shell = ["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(tmp_path / "trace"), "dash"]
+    pod = netns.add("p0")
+    for command in ("ADD", "DEL"):
+        [r] = node.run_all([node.start(command, "pod0", f"/run/netns/{pod}")])
+        assert r.returncode == 0, r.stdout + r.stderr
+        execs = re.findall(r'execve\("([^"]+)"', (tmp_path / "trace").read_text())
+        assert "flock" in {os.path.basename(e) for e in execs}, execs
+        assert not [e for e in execs if "python" in os.path.basename(e)], (command, execs)

@@ -74,18 +74,22 @@ def valid_pair(cid: str, ifname: str) -> None:
 
 
 def owner_of(content: bytes) -> Optional[str]:
-    """"ID IFNAME" for b"ID\\r\\nIFNAME", "ID" for a legacy ID-only file, "" for an
-    empty file, None for anything else (as the shell's ipam_read_owner)."""
+    """The owner a lease file names, as the shell's ipam_read_owner reads it:
+    "ID IFNAME" for ID\\r\\nIFNAME, "ID" for a legacy ID-only file, "" for an
+    empty file, None for anything else. A line's one trailing control character
+    (the \\r; IDs and names hold none) is dropped."""
     lines = content.decode("utf-8", "replace").split("\n")
     first = lines[0]
-    second = lines[1] if len(lines) > 1 else ""
-    if second.endswith("\r"):
-        second = second[:-1]
-    if first.endswith("\r"):
+    second = _chop_control(lines[1] if len(lines) > 1 else "")
+    if _chop_control(first) != first:
         first = first[:-1]
     elif second:
         return None
     return first + (" " + second if second else "")
+
+
+def _chop_control(line: str) -> str:
+    return line[:-1] if line and (ord(line[-1]) < 32 or ord(line[-1]) == 127) else line
 
 
 class MemoryStore:
