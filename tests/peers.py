@@ -243,11 +243,11 @@ class CniNode:
 
     def invoke(self, command: str, stdin: str, pod: Optional[Pod] = None, env: Optional[dict] = None) -> subprocess.CompletedProcess:
         """Executes the plugin as the spec describes, without libcni."""
-        full = {"CNI_COMMAND": command, "CNI_PATH": self.cni_path, "PLUGIN": str(self.bin_dirs[0] / self.plugin["type"])}
+        full = {"CNI_COMMAND": command, "CNI_PATH": self.cni_path, "PODNET_TEST_PLUGIN": str(self.bin_dirs[0] / self.plugin["type"])}
         if pod:
             full.update(CNI_CONTAINERID=pod.cid, CNI_NETNS=pod.path, CNI_IFNAME=pod.ifname)
         full.update(env or {})
-        return self.sh('exec "$PLUGIN"', env=full, input=stdin)
+        return self.sh('exec "$PODNET_TEST_PLUGIN"', env=full, input=stdin)
 
     # ---- state read back from the kernel and the store -----------------------
 
@@ -372,6 +372,17 @@ def ping(src: Pod, address: str) -> subprocess.CompletedProcess:
     return sh(["ip", "netns", "exec", src.ns, "ping", "-n", "-c", "1", "-w", "10", address], check=False)
 
 
+def diagnostics(*namespaces: str) -> str:
+    """Addresses, links, neighbours and bridge forwarding state of namespaces,
+    for failure messages."""
+    out = []
+    for ns in namespaces:
+        for cmd in (["ip", "-n", ns, "-br", "addr"], ["ip", "-n", ns, "neigh"], ["bridge", "-n", ns, "link"], ["bridge", "-n", ns, "fdb", "show", "dynamic"]):
+            done = sh(cmd, check=False)
+            out.append(f"$ {' '.join(cmd)}\n{done.stdout}{done.stderr}")
+    return "\n".join(out)
+
+
 # ---- results -----------------------------------------------------------------
 
 
@@ -384,10 +395,14 @@ def result_ips(result: Dict[str, Any]) -> List[Tuple[str, str]]:
 
 def result_shape(result: Any, path: str = "") -> Any:
     """The result with values that legitimately differ between plugins (MAC
-    addresses, host-side veth names, sandbox paths) replaced by placeholders."""
+    addresses, host-side veth names, sandbox paths) replaced by placeholders,
+    and an empty top-level `dns` dropped (the spec makes it optional: `{}` and
+    absent both say "no DNS settings")."""
     if isinstance(result, dict):
         out = {}
         for key, value in result.items():
+            if key == "dns" and not path and value == {}:
+                continue
             if key == "mac":
                 out[key] = "<mac>"
             elif key == "sandbox":
