@@ -33,8 +33,8 @@ from peers import (
     install_podnet,
     install_reference,
     link,
-    ping,
     pod_facts,
+    reach,
     result_ips,
     topology_yaml,
 )
@@ -139,8 +139,8 @@ def test_add_check_del_through_libcni(impl, version, netns, tmp_path, driver):
             checked = node.driver("check", pod)
             assert checked.rc == 0, checked.describe()
 
-    for src, dst in ((a, addresses[1]), (b, addresses[0]), (a, GATEWAY)):
-        pinged = ping(src, dst)
+    for src, dst, dst_ns, dst_dev in ((a, addresses[1], b.ns, b.ifname), (b, addresses[0], a.ns, a.ifname), (a, GATEWAY, node.ns, BRIDGE)):
+        pinged = reach(src, dst, dst_ns, dst_dev)
         assert pinged.returncode == 0, f"{src.ns} cannot reach {dst}: {pinged.stdout}{pinged.stderr}\n{diagnostics(node.ns, a.ns, b.ns)}"
 
     for pod in (a, b, a):  # the second DEL of `a` must succeed too
