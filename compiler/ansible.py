@@ -41,16 +41,12 @@ DEFAULTS = {
     "podnet_become": True,
 }
 ROUTES_HANDLER = "Apply the pod routes"
+BANNER = "partials/banner.sh.j2"  # a '#' comment: generated, from which topology, how to regenerate
 
-# Destination directories as the tasks see them: the prefix, then the directory.
-_DIRS = {
-    "bin": "{{ _podnet_bin_dir }}",
-    "conf": "{{ _podnet_conf_dir }}",
-    "etc": "{{ _podnet_etc_dir }}",
-}
-
-
+# Destination directories: key -> the user's variable. A play defines _podnet_KEY_dir
+# as podnet_root + that variable (with its default), and tasks use it as _DIRS[key].
 _DIR_VARS = {"bin": "cni_bin_dir", "conf": "cni_conf_dir", "etc": "podnet_dir"}
+_DIRS = {key: f"{{{{ _podnet_{key}_dir }}}}" for key in _DIR_VARS}
 
 
 def _default(var: str) -> str:
@@ -67,14 +63,16 @@ def _path_var(var: str) -> str:
 
 def artifacts(topo: Topology, planned: Sequence[Any]) -> List[Any]:
     """The inventory and playbook for `topo`, given every other planned artifact."""
-    from compiler.plan import Artifact  # plan imports this module
+    from compiler.plan import Artifact, source_name  # plan imports this module
 
     modes = {a.path: f"{a.mode:04o}" for a in planned}
     node_files = _node_files(topo, modes)
     router_files = {p: m for p, m in sorted(modes.items()) if p.startswith("router/")}
+    table_mode = modes.get("routes.table", "0644")
+    source = source_name(topo.source)
     return [
-        Artifact(INVENTORY, 0o644, "yaml", data=inventory(topo, bool(router_files))),
-        Artifact(PLAYBOOK, 0o644, "yaml", data=playbook(topo, node_files, router_files)),
+        Artifact(INVENTORY, 0o644, "yaml", BANNER, {"source": source, "document": inventory(topo, bool(router_files))}),
+        Artifact(PLAYBOOK, 0o644, "yaml", BANNER, {"source": source, "document": playbook(topo, node_files, router_files, table_mode)}),
     ]
 
 
@@ -101,18 +99,18 @@ def inventory(topo: Topology, with_router: bool) -> Dict[str, Any]:
     return {"all": {"children": groups}}
 
 
-def playbook(topo: Topology, node_files: Dict[str, str], router_files: Dict[str, str]) -> List[Dict[str, Any]]:
+def playbook(topo: Topology, node_files: Dict[str, str], router_files: Dict[str, str], table_mode: str) -> List[Dict[str, Any]]:
     """One play for the nodes, and one for the router when there is a router/ directory.
-    Both take name -> mode of the files to ship."""
+    Both take name -> mode of the files to ship; routes.table goes beside each routes.sh."""
     src = "{{ playbook_dir }}/../nodes/{{ podnet_node }}"
     installs = [_install(topo, name, f"{src}/{name}", mode) for name, mode in node_files.items()]
     if "routes.sh" in node_files:
-        installs.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", "0644"))
+        installs.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", table_mode))
     plays = [_play(topo, f"Install pod network {topo.network.name} on its nodes", NODES_GROUP, installs, node=True)]
     if router_files:
         router = [("etc", posixpath.basename(p), f"{{{{ playbook_dir }}}}/../{p}", mode) for p, mode in router_files.items()]
         if "router/routes.sh" in router_files:
-            router.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", "0644"))
+            router.append(("etc", "routes.table", "{{ playbook_dir }}/../routes.table", table_mode))
         plays.append(_play(topo, f"Install pod network {topo.network.name} routes on the router", ROUTER_GROUP, router, node=False))
     return plays
 

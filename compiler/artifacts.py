@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from typing import List
+
 from compiler.model import Topology
 from compiler.plan import plan, source_name
 from compiler.render import render
-from compiler.write import Files, with_manifest
+from compiler.write import Change, Files, TreeWriter, with_manifest
 
 
 def build_files(topo: Topology, topology_bytes: bytes) -> Files:
+    """Every output file in memory (for tests and small trees)."""
     files: Files = {a.path: (render(a), a.mode) for a in plan(topo)}
     return with_manifest(files, topology_bytes, source_name(topo.source))
+
+
+def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: bool = False, on_change=None) -> List[Change]:
+    """Renders artifact by artifact straight into a TreeWriter (memory stays flat);
+    writes unless `check`. Returns what changed (or would change)."""
+    writer = TreeWriter(out_dir, check=check, on_change=on_change)
+    try:
+        for artifact in plan(topo):
+            writer.add(artifact.path, render(artifact), artifact.mode)
+        pending = writer.finish(topology_bytes, source_name(topo.source))
+        if not check:
+            writer.commit()
+        return pending
+    finally:
+        writer.abort()

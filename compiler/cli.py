@@ -75,27 +75,26 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    from compiler import write
-    from compiler.artifacts import build_files
+    from compiler.artifacts import compile_into
     from compiler.load import load_file
     from compiler.topology import build
 
     doc = load_file(args.topology)
     topo = build(doc)
-    files = build_files(topo, doc.text.encode())
-    pending = write.changes(args.output, files)
+
+    def show(change) -> None:  # --check: the diff goes to stdout as soon as it is found
+        print(change.diff(), end="")
+
+    pending = compile_into(args.output, topo, doc.text.encode(), check=args.check, on_change=show)
     if args.check:
-        for change in pending:
-            print(change.diff(), end="")
         for change in pending:
             print(f"{args.output}/{change.path}: {change.kind}", file=sys.stderr)
         if pending:
             print(f"podnet compile --check: {len(pending)} file(s) differ; run `podnet compile {args.topology} -o {args.output}`", file=sys.stderr)
             return EXIT_FAIL
         return EXIT_OK
-    write.apply(args.output, files, pending)
     if not args.quiet:
-        print(f"{args.output}: {len(files)} files, {len(pending)} written or removed")
+        print(f"{args.output}: {len(topo.nodes)} nodes, {len(pending)} file(s) written or removed")
     return EXIT_OK
 
 

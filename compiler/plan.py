@@ -6,13 +6,14 @@ computed here. The manifest is not planned: it describes what the writer wrote.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
 from compiler import ansible, review
-from compiler.model import IPAddress, IPNetwork, Node, Topology
+from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology
 
 CONF_PRIORITY = "10"
 
@@ -88,6 +89,8 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
         "ipam_store": ipam_store(topo),
         "plugin": net.plugin,
         "conf_name": conf_name(topo),
+        # The spec versions the plugin speaks (VERSION), oldest first.
+        "cni_versions": list(CNI_VERSIONS),
     }
 
 
@@ -107,9 +110,30 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         # leaving the cluster's pod range. The plugin and routes.sh install exactly this
         # spelling idempotently (`-C || -A`), so it never piles up and never leaks.
         "masq_rule": masquerade_rule(topo, node),
+        # The plugin's view: the bridge's addresses (gateway/prefix per family), the
+        # routes every pod gets (via its family's gateway), the lock the plugin takes
+        # around the masquerade rule (the IPAM store's, so no new file appears).
+        "bridge_addresses": [f"{g}/{s.prefixlen}" for g, s in zip(node.gateways, node.subnets)],
+        "pod_routes": pod_routes(node),
+        "bridge_mac": bridge_mac(topo, node),
+        "store_lock": f"{ipam_store(topo)}/lock",
         # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
         "ipam_ranges": [",".join((str(s), str(lo), str(hi), str(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
     }
+
+
+def bridge_mac(topo: Topology, node: Node) -> str:
+    """The bridge's MAC address, fixed when the plugin creates it: left to the kernel,
+    a bridge takes its lowest port's MAC and changes it as pods come and go, which
+    makes pods lose packets to stale neighbour entries. Locally administered,
+    unicast, and derived from the network and node names, so compiles are stable."""
+    digest = hashlib.sha256(f"{topo.network.name}/{node.name}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+def pod_routes(node: Node) -> List[str]:
+    """The destinations every pod routes via its gateway: the default route per family."""
+    return ["0.0.0.0/0" if s.version == 4 else "::/0" for s in node.subnets]
 
 
 def masquerade_rule(topo: Topology, node: Node) -> List[str]:
@@ -214,7 +238,7 @@ def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
         "ipam": {
             "dataDir": net.data_dir,
             "ranges": [[_cni_range(topo, s, g, lo, hi)] for s, g, (lo, hi) in zip(node.subnets, node.gateways, ipam_ranges(topo, node))],
-            "routes": [{"dst": "0.0.0.0/0" if s.version == 4 else "::/0"} for s in node.subnets],
+            "routes": [{"dst": dst} for dst in pod_routes(node)],
         },
     }
     if net.cni_version in ("0.1.0", "0.2.0"):

@@ -74,7 +74,12 @@ def render(artifact: Artifact) -> bytes:
     if artifact.renderer == "json":
         return (json.dumps(artifact.data, sort_keys=True, indent=2) + "\n").encode()
     if artifact.renderer == "yaml":
-        text = yaml.dump(artifact.data, Dumper=_YamlDumper, sort_keys=False, default_flow_style=False, width=1000, explicit_start=True)
+        # with a template, data is {"source": ..., "document": ...} and the template is
+        # a '#' comment banner put above the document
+        document = artifact.data["document"] if artifact.template else artifact.data
+        text = yaml.dump(document, Dumper=_YamlDumper, sort_keys=False, default_flow_style=False, width=1000, explicit_start=True)
+        if artifact.template:
+            text = _env(True).get_template(artifact.template).render(source=artifact.data["source"]) + text
         return text.encode()
     shell = artifact.template.endswith(SHELL_SUFFIXES)
     text = _env(shell).get_template(artifact.template).render(**artifact.data)

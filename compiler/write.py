@@ -122,6 +122,94 @@ def apply(out_dir: str, files: Files, pending: List[Change]) -> None:
             os.chmod(full, files[change.path][1])
 
 
+class TreeWriter:
+    """Streams artifacts into OUT without holding them all in memory.
+
+    `add` compares each file with what is on disk at once and stages a temporary
+    file only when it differs (or, in check mode, hands the difference to
+    `on_change` and keeps nothing); `finish` adds the manifest and the removals;
+    `commit` makes it so with one sync and a rename per file, manifest last.
+    """
+
+    def __init__(self, out_dir: str, check: bool = False, on_change=None):
+        self.out_dir = out_dir
+        self.check = check
+        self.on_change = on_change or (lambda change: None)
+        self.entries: Dict[str, Dict[str, object]] = {}
+        self.pending: List[Change] = []  # without contents: they were staged or reported
+        self._staged: List[Tuple[str, str]] = []  # (temp, target)
+        self._modes: Dict[str, int] = {}
+
+    def add(self, path: str, content: bytes, mode: int) -> None:
+        self.entries[path] = {"mode": f"{mode:04o}", "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+        self._compare(path, content, mode)
+
+    def _compare(self, path: str, content: bytes, mode: int) -> None:
+        full = os.path.join(self.out_dir, path)
+        try:
+            with open(full, "rb") as f:
+                old: Optional[bytes] = f.read()
+            old_mode = os.stat(full).st_mode & 0o777
+        except FileNotFoundError:
+            old, old_mode = None, mode
+        if old == content and old_mode == mode:
+            return
+        kind = "new" if old is None else "changed" if old != content else "mode"
+        change = Change(path, kind, old, content)
+        if self.check:
+            self.on_change(change)
+        elif kind == "mode":
+            self._modes[path] = mode
+        else:
+            self._staged.append((_stage(full, content, mode), full))
+        self.pending.append(Change(path, kind))
+
+    def finish(self, topology_bytes: bytes, source: str) -> List[Change]:
+        """Adds manifest.json and the removals of artifacts podnet no longer produces."""
+        manifest = {
+            "podnet": __version__,
+            "topology": {"file": source, "sha256": hashlib.sha256(topology_bytes).hexdigest()},
+            "artifacts": dict(sorted(self.entries.items())),
+        }
+        self._compare(MANIFEST, (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode(), 0o644)
+        for path in previous_artifacts(self.out_dir):
+            full = os.path.join(self.out_dir, path)
+            if path not in self.entries and path != MANIFEST and os.path.isfile(full):
+                if self.check:
+                    with open(full, "rb") as f:
+                        self.on_change(Change(path, "removed", f.read(), None))
+                self.pending.append(Change(path, "removed"))
+        self.pending.sort(key=lambda c: c.path)
+        return self.pending
+
+    def commit(self) -> None:
+        if self.check:
+            raise RuntimeError("a check-mode TreeWriter never writes")
+        try:
+            if self._staged:
+                os.sync()  # one sync for all files, not an fsync per file
+            manifest = os.path.join(self.out_dir, MANIFEST)
+            self._staged.sort(key=lambda s: s[1] == manifest)
+            while self._staged:
+                tmp, full = self._staged[0]
+                os.replace(tmp, full)
+                self._staged.pop(0)
+            for path, mode in self._modes.items():
+                os.chmod(os.path.join(self.out_dir, path), mode)
+            for change in self.pending:
+                if change.kind == "removed":
+                    os.unlink(os.path.join(self.out_dir, change.path))
+                    _prune_empty_dirs(self.out_dir, os.path.dirname(change.path))
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Removes staged temporary files (after a failure part-way)."""
+        for tmp, _ in self._staged:
+            _unlink_quietly(tmp)
+        self._staged.clear()
+
+
 def replace_file(full: str, content: bytes) -> None:
     """Atomically replaces an existing file (e.g. the topology, for `allocate --write`),
     keeping its mode; synced before the rename so a crash leaves the old or the new file."""

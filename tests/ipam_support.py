@@ -3,7 +3,9 @@ script for one node of an inline topology, plus a runner for its functions."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -15,8 +17,9 @@ from compiler.load import load_file
 from helpers import write_topology
 
 SHELLS = ["dash", "busybox"]  # busybox runs as `busybox sh`
-# Every shell, on the flock path and on the Python fallback path (no flock in PATH).
-MODES = ["dash", "busybox", "dash-noflock", "busybox-noflock"]
+# Every shell, on the flock path and on the Python fallback path (no flock in PATH),
+# and with the store always searched by grep (as large stores are).
+MODES = ["dash", "busybox", "dash-noflock", "busybox-noflock", "dash-grep", "busybox-grep"]
 _NOFLOCK_BIN: Optional[Path] = None
 
 
@@ -28,6 +31,7 @@ def noflock_path() -> str:
         import tempfile
 
         bindir = Path(tempfile.mkdtemp(prefix="podnet-noflock-"))
+        atexit.register(shutil.rmtree, str(bindir), True)
         if os.path.exists("/usr/bin/python3"):  # a node's python3, not a pyenv shim
             (bindir / "python3").symlink_to("/usr/bin/python3")
         for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
@@ -73,11 +77,16 @@ def shell_cmd(shell: str) -> List[str]:
 
 
 def mode_env(shell: str) -> Dict[str, str]:
-    """The environment of a mode: without flock in PATH for the *-noflock ones."""
-    return {"PATH": noflock_path()} if shell.endswith("-noflock") else {}
+    """The environment of a mode: without flock in PATH for the *-noflock ones,
+    grep for every search of the store for the *-grep ones."""
+    if shell.endswith("-noflock"):
+        return {"PATH": noflock_path()}
+    if shell.endswith("-grep"):
+        return {"IPAM_TEST_SCAN_MAX": "0"}
+    return {}
 
 
-PROG = '. "$IPAM_TEST_SCRIPT"; IPAM_STORE="$IPAM_TEST_STORE"; IPAM_FALLBACK="$IPAM_TEST_FALLBACK"; '
+PROG = '. "$IPAM_TEST_SCRIPT"; IPAM_STORE="$IPAM_TEST_STORE"; IPAM_FALLBACK="$IPAM_TEST_FALLBACK"; IPAM_SCAN_MAX=${IPAM_TEST_SCAN_MAX:-$IPAM_SCAN_MAX}; '
 
 
 def ipam_argv(shell: str, call: str) -> List[str]:

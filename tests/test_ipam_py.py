@@ -215,3 +215,31 @@ def test_fallback_is_python_3_8_compatible_source(mod):
     import ast
 
     ast.parse(mod.PATH.read_text(), feature_version=(3, 8))
+
+
+def test_boot_time_gc_as_the_readme_shows_releases_every_lease(mod, tmp_path):
+    """README: `podnet-ipam.py gc --store DIR --ranges '' </dev/null` at boot."""
+    store = tmp_path / "podnet"
+    store.mkdir()
+    for name, content in {"10.244.1.2": b"a\r\neth0", "10.244.1.3": b"b", "10.244.1.4": b"", ".podnet-lease.1": b"x"}.items():
+        (store / name).write_bytes(content)
+    (store / "last_reserved_ip.0").write_bytes(b"10.244.1.4")
+    r = subprocess.run([sys.executable, str(mod.PATH), "gc", "--store", str(store), "--ranges", ""], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    assert sorted(os.listdir(store)) == ["last_reserved_ip.0", "lock"]
+
+
+CONTENTS = [b"c1\r\neth0", b"c1\r\neth0\r\n", b"c1\r\neth0\n", b"c1", b"c1\n", b"c1\r\n", b"", b"c1\neth0", b"c1\r\neth0\r\nextra", b"c1\t\neth0", b"\r\n"]
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_shell_and_fallback_read_lease_files_alike(mod, tmp_path, shell):
+    from ipam_support import shell_cmd
+
+    script = mod.PATH.parent / "ipam.sh"
+    for i, content in enumerate(CONTENTS):
+        f = tmp_path / f"lease{i}"
+        f.write_bytes(content)
+        r = subprocess.run([*shell_cmd(shell), "-c", f'. "{script}"; if ipam_read_owner "{f}"; then printf "%s" "$IPAM_OWNER"; else printf "<none>"; fi'], capture_output=True, text=True)
+        expected = mod.owner_of(content)
+        assert r.stdout == ("<none>" if expected is None else expected), content

@@ -162,6 +162,35 @@ def test_del_keeps_legacy_files_when_the_pair_has_a_lease(shell, ipam29, tmp_pat
     assert leases(store) == {"10.244.1.2": b"c1"}
 
 
+def test_del_removes_empty_lease_files_of_killed_writers(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    call(shell, ipam29, store, "ipam_add c2 eth0")
+    (store / "10.244.1.5").write_bytes(b"")
+    assert call(shell, ipam29, store, "ipam_del c1 eth0").returncode == 0
+    assert leases(store) == {"10.244.1.2": b"c2\r\neth0"}
+
+
+def test_lease_files_are_created_with_o_excl_in_one_write(ipam29, tmp_path):
+    """The exact system calls that create a lease: an exclusive create, then
+    the whole content in a single write(2)."""
+    if not have("strace"):
+        pytest.skip("needs strace")
+    store = tmp_path / "store"
+    store.mkdir()
+    trace = tmp_path / "trace"
+    prog = f'. "{ipam29}"; IPAM_STORE="{store}"; ipam_add c1 eth0'
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,write", "-o", str(trace), "dash", "-c", prog], capture_output=True, text=True)
+    assert r.returncode == 0
+    lines = trace.read_text().splitlines()
+    opened = [i for i, line in enumerate(lines) if '/store/10.244.1.2"' in line]
+    assert len(opened) == 1 and "O_WRONLY|O_CREAT|O_EXCL" in lines[opened[0]], lines
+    # the shell moves the descriptor to 1 for printf: take the writes up to the next open
+    after = lines[opened[0] + 1:]
+    end = next((i for i, line in enumerate(after) if "openat(" in line), len(after))
+    writes = [line for line in after[:end] if " write(" in line]
+    assert len(writes) == 1 and re.search(r'write\(1, "c1\\r\\neth0", 8\)\s+= 8$', writes[0]), writes
+
+
 def test_del_removes_temp_files_of_killed_writers(shell, ipam29, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
@@ -265,7 +294,7 @@ def test_ip2int_refuses_what_is_not_a_dotted_quad(shell, ipam29, tmp_path, text)
 
 def test_a_16_subnet_allocates_without_a_process_per_candidate(ipam29, tmp_path):
     """A /16 node subnet with 1,000 addresses taken after last_reserved_ip: the
-    next ADD starts processes only for flock, ln and rm -- never python."""
+    next ADD starts one process, flock -- never python, nothing per candidate."""
     if not have("strace"):
         pytest.skip("needs strace")
     script = render_ipam(tmp_path, topology_text("10.244.0.0/16", 16, pod_cidr="10.244.0.0/16"))
@@ -280,7 +309,39 @@ def test_a_16_subnet_allocates_without_a_process_per_candidate(ipam29, tmp_path)
     assert (r.returncode, r.stdout) == (0, "10.244.3.234/16 10.244.0.1\n")  # 1002 = 3*256 + 234
     execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
     names = sorted(os.path.basename(e) for e in execs[1:])
-    assert names == ["flock", "ln", "rm"], execs
+    assert names == ["flock", "grep"], execs
+
+
+@pytest.mark.parametrize("leased", [0, 32])
+def test_a_small_store_adds_with_flock_as_the_only_process(tmp_path, leased):
+    if not have("strace"):
+        pytest.skip("needs strace")
+    script = render_ipam(tmp_path, topology_text())
+    store = tmp_path / "store"
+    store.mkdir()
+    for i in range(2, 2 + leased):
+        (store / f"10.244.1.{i}").write_bytes(f"x{i}\r\neth0".encode())
+    trace = tmp_path / "trace"
+    prog = f'. "{script}"; IPAM_STORE="{store}"; ipam_add c1 eth0'
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), "dash", "-c", prog], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, f"10.244.1.{2 + leased}/24 10.244.1.1\n")
+    execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
+    assert [os.path.basename(e) for e in execs[1:]] == ["flock"], execs
+
+
+@pytest.mark.parametrize("shell", ["dash-grep", "busybox-grep"])
+def test_grep_search_matches_whole_ids_only(shell, ipam29, tmp_path):
+    """The search escapes '.', and matches whole lines: a.b is not aXb, nor a.bc."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "10.244.1.2").write_bytes(b"aXb\r\neth0")
+    (store / "10.244.1.3").write_bytes(b"a.bc\r\neth0")
+    (store / "10.244.1.4").write_bytes(b"xa.b\r\neth0")
+    assert call(shell, ipam29, store, "ipam_get a.b eth0").stdout == ""
+    assert call(shell, ipam29, store, "ipam_add a.b eth0").stdout == "10.244.1.5/29 10.244.1.1\n"
+    assert call(shell, ipam29, store, "ipam_get a.b eth0").stdout == "10.244.1.5/29 10.244.1.1\n"
+    call(shell, ipam29, store, "ipam_del a.b eth0")
+    assert sorted(leases(store)) == ["10.244.1.2", "10.244.1.3", "10.244.1.4"]
 
 
 def test_rendered_partial_is_shellcheck_clean(tmp_path):
@@ -303,3 +364,13 @@ def test_an_unusable_lock_is_a_plain_failure_never_exhaustion(shell, ipam29, tmp
     assert (r.returncode, r.stdout) == (1, "")
     assert "lock" in r.stderr
     assert [p.name for p in store.iterdir()] == ["lock"]
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+@pytest.mark.parametrize("ranges", ["fd00:1::/64,fd00:1::2,fd00:1::ff,fd00:1::1", "10.244.1.0/33,10.244.1.2,10.244.1.6,10.244.1.1", "10.244.1.0/29,10.244.1.2,10.244.1.6", "garbage"])
+def test_a_range_set_the_shell_cannot_handle_is_a_named_error(shell, ipam29, tmp_path, ranges):
+    store = tmp_path / "store"
+    r = call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add c1 eth0")
+    assert (r.returncode, r.stdout) == (1, "")
+    assert f"range set '{ranges}' is not IPv4" in r.stderr
+    assert leases(store) == {}

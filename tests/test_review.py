@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import List, Set
 
+import pytest
 from helpers import podnet, write_topology
 
 from compiler.review import DIAGRAM_MAX_NODES
@@ -131,3 +133,45 @@ def test_page_grows_linearly_and_the_diagram_is_capped(tmp_path: Path):
     per_node_low = (sizes[200] - sizes[100]) / 100
     per_node_high = (sizes[400] - sizes[200]) / 200
     assert per_node_high < per_node_low * 1.2, sizes
+
+
+MERMAID_PACKAGES = ["mermaid@11.17.2", "jsdom@29.1.1"]
+
+
+def mermaid_parser() -> Path:
+    """tests/.build/mermaid with the real mermaid library, installed from the npm
+    registry on first use; skips the caller where node/npm are missing or the
+    install fails (the strict structural check above always runs)."""
+    import shutil
+
+    from helpers import REPO
+
+    if not (shutil.which("node") and shutil.which("npm")):
+        pytest.skip("node and npm are needed to run the real Mermaid parser")
+    where = REPO / "tests" / ".build" / "mermaid"
+    if not (where / "node_modules" / "mermaid").is_dir():
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "package.json").write_text('{"name": "podnet-mermaid-check", "private": true}\n')
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent", *MERMAID_PACKAGES],
+                           cwd=where, capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            pytest.skip(f"could not install the Mermaid parser from npm: {r.stderr.strip()[-300:]}")
+    return where
+
+
+def test_diagrams_parse_with_the_real_mermaid_parser(tmp_path: Path):
+    where = mermaid_parser()
+    pages = []
+    for i, routing in enumerate(["", "routing: router\n  router: 192.168.5.1"]):
+        (tmp_path / str(i)).mkdir()
+        compile_page(tmp_path / str(i), SMALL.format(routing=routing))
+        pages.append(tmp_path / str(i) / "out" / "README.md")
+    broken = tmp_path / "broken.md"
+    broken.write_text('```mermaid\nflowchart LR\n  a["x" --- \n```\n')  # proves the parser rejects
+    # ES modules resolve packages from the script's own directory
+    script = where / "mermaid_check.mjs"
+    script.write_bytes((Path(__file__).parent / "mermaid_check.mjs").read_bytes())
+    r = subprocess.run(["node", str(script), *map(str, pages), str(broken)], cwd=where, capture_output=True, text=True, timeout=300)
+    lines = r.stdout.splitlines()
+    assert lines[:2] == [f"{p} ok" for p in pages], r.stdout + r.stderr
+    assert lines[2].startswith(f"{broken} FAIL") and r.returncode == 1, r.stdout + r.stderr

@@ -15,21 +15,27 @@
 
 """podnet IPAM fallback (see the comment above)."""
 
-import argparse
+# Imports are kept to what runs: the plugin starts this once per operation.
+from __future__ import annotations
+
 import contextlib
 import fcntl
 import ipaddress
 import os
-import re
 import sys
-from typing import Dict, Iterator, List, Optional, Set, Tuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only; typing costs startup time
+    from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 LOCK = "lock"
 LAST_RESERVED = "last_reserved_ip."
 TMP_PREFIX = ".podnet-lease."
 EXHAUSTED = 2
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-LEASE_NAME_RE = re.compile(r"[0-9A-Fa-f.:]+\Z")
+ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+ID_CHARS = ALNUM | frozenset("_.-")
+LEASE_NAME_CHARS = frozenset("0123456789ABCDEFabcdef.:")
+USAGE = "usage: podnet-ipam.py add|get|del|gc [ID IFNAME] --store DIR --ranges 'SUBNET,FIRST,LAST,GATEWAY ...'"
 
 
 class IpamError(Exception):
@@ -61,25 +67,29 @@ class Range:
 
 def valid_pair(cid: str, ifname: str) -> None:
     """The CNI spec's container ID and interface name rules (as ipam_valid_pair)."""
-    if not ID_RE.match(cid):
+    if not (cid and cid[0] in ALNUM and set(cid) <= ID_CHARS):
         raise IpamError("invalid container ID %r: letters, digits, '_', '.', '-', starting with a letter or digit" % cid)
-    if ifname in ("", ".", "..") or len(ifname.encode()) > 15 or re.search(r"[/:\s]", ifname):
+    if ifname in ("", ".", "..") or len(ifname.encode()) > 15 or any(c in "/:" or c.isspace() for c in ifname):
         raise IpamError("invalid interface name %r" % ifname)
 
 
 def owner_of(content: bytes) -> Optional[str]:
-    """"ID IFNAME" for b"ID\\r\\nIFNAME", "ID" for a legacy ID-only file, "" for an
-    empty file, None for anything else (as the shell's ipam_read_owner)."""
+    """The owner a lease file names, as the shell's ipam_read_owner reads it:
+    "ID IFNAME" for ID\\r\\nIFNAME, "ID" for a legacy ID-only file, "" for an
+    empty file, None for anything else. A line's one trailing control character
+    (the \\r; IDs and names hold none) is dropped."""
     lines = content.decode("utf-8", "replace").split("\n")
     first = lines[0]
-    second = lines[1] if len(lines) > 1 else ""
-    if second.endswith("\r"):
-        second = second[:-1]
-    if first.endswith("\r"):
+    second = _chop_control(lines[1] if len(lines) > 1 else "")
+    if _chop_control(first) != first:
         first = first[:-1]
     elif second:
         return None
     return first + (" " + second if second else "")
+
+
+def _chop_control(line: str) -> str:
+    return line[:-1] if line and (ord(line[-1]) < 32 or ord(line[-1]) == 127) else line
 
 
 class MemoryStore:
@@ -179,7 +189,7 @@ class Allocator:
         """Every lease file's name -> its owner (see owner_of)."""
         out = {}
         for name in self.store.names():
-            if LEASE_NAME_RE.match(name):
+            if name and set(name) <= LEASE_NAME_CHARS:
                 content = self.store.read(name)
                 if content is not None:
                     out[name] = owner_of(content)
@@ -258,12 +268,14 @@ class Allocator:
         return lines
 
     def release(self, cid: str, ifname: str) -> None:
-        """The pair's leases; when it has none, legacy files holding only the ID."""
+        """The pair's leases; when it has none, legacy files holding only the ID.
+        Also empty files: a writer killed between create and write (perhaps
+        this pair's) left them, and under the lock no write is in progress."""
         owners = self.owners()
         names = [n for n, o in owners.items() if o == cid + " " + ifname]
         if not names:
             names = [n for n, o in owners.items() if o == cid]
-        for name in names:
+        for name in names + [n for n, o in owners.items() if o == ""]:
             self.store.remove(name)
 
     def gc(self, valid: Set[Tuple[str, str]]) -> None:
@@ -331,30 +343,39 @@ def run(op: str, store, ranges: List[Range], args: List[str], stdin) -> List[str
     return []
 
 
-class Parser(argparse.ArgumentParser):
-    """Usage errors exit 1: 2 means "pool exhausted" to the plugin."""
-
-    def error(self, message: str):
-        self.print_usage(sys.stderr)
-        print("ipam: %s" % message, file=sys.stderr)
-        sys.exit(1)
+def parse_args(argv: List[str]) -> Tuple[str, str, str, List[str]]:
+    """OP [ID IFNAME] --store DIR --ranges SPECS, options anywhere (no argparse:
+    it doubles the start-up time). Usage errors are status 1: 2 means "pool
+    exhausted" to the plugin."""
+    options: Dict[str, str] = {}
+    words: List[str] = []
+    rest = list(argv)
+    while rest:
+        word = rest.pop(0)
+        if word in ("--store", "--ranges"):
+            if not rest:
+                raise IpamError("%s needs a value\n%s" % (word, USAGE))
+            options[word] = rest.pop(0)
+        elif word.startswith("--"):
+            raise IpamError("unknown option %s\n%s" % (word, USAGE))
+        else:
+            words.append(word)
+    if not words or words[0] not in ("add", "get", "del", "gc") or "--store" not in options or "--ranges" not in options:
+        raise IpamError(USAGE)
+    return words[0], options["--store"], options["--ranges"], words[1:]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = Parser(description="podnet IPAM fallback (host-local's store and lock)")
-    parser.add_argument("op", choices=("add", "get", "del", "gc"))
-    parser.add_argument("--store", required=True, help="the lease directory, DATADIR/NETWORK")
-    parser.add_argument("--ranges", required=True, help="range sets: 'SUBNET,FIRST,LAST,GATEWAY ...'")
-    parser.add_argument("args", nargs="*", metavar="ID IFNAME")
-    ns = parser.parse_intermixed_args(argv)
+    store = ""
     try:
-        ranges = [Range(spec) for spec in ns.ranges.split()]
-        lines = run(ns.op, DiskStore(ns.store), ranges, ns.args, sys.stdin)
+        op, store, specs, args = parse_args(sys.argv[1:] if argv is None else argv)
+        ranges = [Range(spec) for spec in specs.split()]
+        lines = run(op, DiskStore(store), ranges, args, sys.stdin)
     except IpamError as e:
         print("ipam: %s" % e, file=sys.stderr)
         return e.status
     except OSError as e:
-        print("ipam: %s: %s" % (e.filename or ns.store, e.strerror), file=sys.stderr)
+        print("ipam: %s: %s" % (e.filename or store, e.strerror), file=sys.stderr)
         return 1
     sys.stdout.write("".join(line + "\n" for line in lines))
     return 0
