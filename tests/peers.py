@@ -29,18 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import pytest
-
 from helpers import REPO, have, node_sh, podnet, sh, write_topology
 
 DRIVER = REPO / "tests" / ".build" / "cnidriver"
 DRIVER_SOURCE = REPO / "tests" / "go" / "cnidriver" / "main.go"
 REFERENCE_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` puts namespaces
-
-# Until the plugin's CNI mode lands on main (issue 3, plugin part), the podnet
-# side of the peer tests is expected to fail; the reference side must pass.
-PODNET_PENDING = pytest.mark.xfail(reason="net-setup.sh has no CNI mode yet (issue 3 plugin work); remove this mark when it lands", strict=False)
 
 # Spec versions Debian's libcni (1.1.x) parses results of: every podnet version
 # but 1.1.0. Below 0.3.0 podnet emits a single .conf, from 0.3.0 a .conflist.

@@ -22,7 +22,6 @@ from peers import (
     GATEWAY,
     LIBCNI_VERSIONS,
     MTU,
-    PODNET_PENDING,
     PREFIX,
     SUBNET,
     CniNode,
@@ -41,7 +40,7 @@ from peers import (
 
 pytestmark = pytest.mark.netns
 
-IMPLS = ("reference", pytest.param("podnet", marks=PODNET_PENDING))
+IMPLS = ("reference", "podnet")
 
 
 @pytest.fixture
@@ -212,7 +211,6 @@ def invoke_ok(node: CniNode, command: str, stdin: str, pod: Pod = None) -> str:
     return done.stdout
 
 
-@PODNET_PENDING
 def test_spec_1_1_0_version_and_status(node110):
     versions = json.loads(invoke_ok(node110, "VERSION", json.dumps({"cniVersion": "1.1.0"})))
     assert versions["cniVersion"] == "1.1.0"
@@ -220,7 +218,6 @@ def test_spec_1_1_0_version_and_status(node110):
     assert invoke_ok(node110, "STATUS", node110.plugin_stdin()) == "", "STATUS prints nothing on success"
 
 
-@PODNET_PENDING
 def test_spec_1_1_0_add_check_gc_del(node110, netns):
     node = node110
     a, b, c = new_pods(netns, 3)

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from helpers import have, is_root
-from peers import BRIDGE, GATEWAY, NETNS_DIR, arp_table_fulls, PODNET_PENDING, SUBNET, compile_topology, install_podnet, install_reference, link, topology_yaml
+from peers import BRIDGE, GATEWAY, NETNS_DIR, arp_table_fulls, SUBNET, compile_topology, install_podnet, install_reference, link, topology_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -152,7 +152,7 @@ def remove_cgroups(parent: str) -> None:
             top.rmdir()
 
 
-@pytest.fixture(params=["reference", pytest.param("podnet", marks=PODNET_PENDING)])
+@pytest.fixture(params=["reference", "podnet"])
 def podman_node(netns, tmp_path, request):
     """(node, sandbox, tmp dir) with podman configured for the podnet network
     served by the reference bridge + host-local (proving the recipe) or podnet."""
