@@ -41,6 +41,7 @@ DEFAULTS = {
     "podnet_become": True,
 }
 ROUTES_HANDLER = "Apply the pod routes"
+INSTALLED = "installed.json"  # in podnet_dir: every path the playbook installed, a JSON list
 BANNER = "partials/banner.sh.j2"  # a '#' comment: generated, from which topology, how to regenerate
 
 # Destination directories: key -> the user's variable. A play defines _podnet_KEY_dir
@@ -149,6 +150,7 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
         tasks.append(_copy_task("Install the CNI plugin, its helpers and its config", others, notify=False))
     if routes:
         tasks.append(_copy_task("Install routes.sh and the route table", routes, notify=True))
+    tasks += _cleanup_tasks()
     return {
         "name": name,
         "hosts": f'{{{{ podnet_hosts | default("{hosts}") }}}}' if node else hosts,
@@ -156,7 +158,10 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
         "become": _default("podnet_become"),
         "serial": _default("podnet_serial"),
         "max_fail_percentage": _default("podnet_max_fail_percentage"),
-        "vars": {f"_podnet_{d}_dir": _path_var(_DIR_VARS[d]) for d in sorted(set(dirs) | {"etc"})},
+        "vars": {
+            **{f"_podnet_{d}_dir": _path_var(_DIR_VARS[d]) for d in sorted(set(dirs) | {"etc"})},
+            "_podnet_installed": sorted(f"{_DIRS[d]}/{dest}" for d, dest, _, _ in installs),
+        },
         "tasks": tasks,
         "handlers": [{
             "name": ROUTES_HANDLER,
@@ -166,6 +171,32 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
             "changed_when": True,
         }],
     }
+
+
+def _cleanup_tasks() -> List[Dict[str, Any]]:
+    """Removes what an earlier run installed and this one does not (a config renamed with
+    the network, a plugin renamed with `type`): a stale config would still be read by
+    the runtime. Only paths listed in INSTALLED (written by this playbook) are removed,
+    after the new files are in place."""
+    record = f"{_DIRS['etc']}/{INSTALLED}"
+    previous = '(_podnet_previous.content | default("W10=") | b64decode | from_json)'  # W10= is "[]"
+    return [
+        {
+            "name": "Read the files podnet installed last time",
+            "ansible.builtin.slurp": {"src": record},
+            "register": "_podnet_previous",
+            "failed_when": False,  # the first run has no record
+        },
+        {
+            "name": "Remove the files podnet installed before and no longer ships",
+            "ansible.builtin.file": {"path": "{{ item }}", "state": "absent"},
+            "loop": f'{{{{ {previous} | difference(_podnet_installed) | select("match", "^/") | sort }}}}',  # absolute paths only
+        },
+        {
+            "name": "Record the files podnet installed",
+            "ansible.builtin.copy": {"content": "{{ _podnet_installed | to_json }}", "dest": record, "mode": "0644"},
+        },
+    ]
 
 
 def _copy_task(name: str, installs: Sequence[Tuple[str, str, str, str]], notify: bool) -> Dict[str, Any]:

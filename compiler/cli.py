@@ -40,12 +40,29 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("topology", metavar="TOPOLOGY")
     a.add_argument("--write", action="store_true", help="pin allocated subnets into TOPOLOGY, keeping its comments and layout")
 
+    vf = sub.add_parser("verify", help="build the cluster in network namespaces on this machine and prove pod-to-pod reachability (root)")
+    vf.add_argument("topology", metavar="TOPOLOGY")
+    vf.add_argument("--pods-per-node", type=_positive, default=2, metavar="N", help="pods to create on every node (default: 2)")
+    vf.add_argument("--max-pairs", type=_positive, default=5000, metavar="N", help="ping every pod pair up to N pairs, above that a sample covering every node pair both ways (default: 5000)")
+    vf.add_argument("--keep", action="store_true", help="leave the namespaces, pods and files in place for inspection (prints how to remove them)")
+    vf.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+
     d = sub.add_parser("diff", help="summarise the effect of changing OLD_TOPOLOGY into NEW_TOPOLOGY")
     d.add_argument("old", metavar="OLD_TOPOLOGY")
     d.add_argument("new", metavar="NEW_TOPOLOGY")
     d.add_argument("--allow-move", "--force", dest="allow_move", action="store_true",
                    help="accept moving a node's pod subnet (drain the node first)")
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -115,6 +132,16 @@ def cmd_allocate(args) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args) -> int:
+    from compiler import verify
+
+    try:
+        passed, _ = verify.run(args.topology, pods_per_node=args.pods_per_node, keep=args.keep, max_pairs=args.max_pairs, quiet=args.quiet)
+    except verify.VerifyError as e:
+        raise CommandFailed(str(e))
+    return EXIT_OK if passed else EXIT_FAIL
+
+
 def cmd_diff(args) -> int:
     from compiler.diff import compare
     from compiler.load import load_file
@@ -135,5 +162,6 @@ _COMMANDS = {
     "validate": cmd_validate,
     "compile": cmd_compile,
     "allocate": cmd_allocate,
+    "verify": cmd_verify,
     "diff": cmd_diff,
 }

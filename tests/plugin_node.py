@@ -176,6 +176,7 @@ class PluginNode:
             "node links": self.link_names(),
             "pod links": {p.ns: self.link_names(p.ns) for p in pods},
             "pod addresses": {p.ns: sh(["ip", "-n", p.ns, "-o", "addr"], check=False).stdout.count(" inet ") for p in pods},
+            "pod routes": {p.ns: sorted(self.pod_routes(p)) for p in pods},
             "files": self.files(),
             "nat": self.nat_rules(),
         }

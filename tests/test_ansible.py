@@ -104,19 +104,28 @@ class Cluster:
             for p in sorted(root.rglob("*")) if p.is_file()
         }
 
-    def expected(self, node: str) -> Dict[str, tuple]:
+    def expected(self, node: str, network: str = "podnet") -> Dict[str, tuple]:
+        """What a node's root must hold, exactly: its own files, and the list of them."""
         src = self.out / "nodes" / node
 
         def f(p: Path) -> tuple:
             return (p.stat().st_mode & 0o777, p.read_bytes())
 
-        return {
+        files = {
             "opt/cni/bin/podnet-bridge": f(src / "net-setup.sh"),
-            "etc/cni/net.d/10-podnet.conflist": f(src / "10-podnet.conflist"),
+            f"etc/cni/net.d/10-{network}.conflist": f(src / f"10-{network}.conflist"),
             "etc/podnet/routes.sh": f(src / "routes.sh"),
             "etc/podnet/routes.table": f(self.out / "routes.table"),
             **{f"opt/cni/bin/{p.name}": f(p) for p in src.glob("*.py")},
         }
+        files["etc/podnet/installed.json"] = (0o644, self.installed_list(node, files))
+        return files
+
+    def installed_list(self, node: str, files) -> bytes:
+        """The record the playbook keeps, in its order (by directory variable, then name)."""
+        order = {"opt/cni/bin": 0, "etc/cni/net.d": 1, "etc/podnet": 2}
+        paths = sorted(files, key=lambda p: (order[p.rsplit("/", 1)[0]], p))
+        return json.dumps([f"{self.roots / node}/{p}" for p in paths]).encode()
 
 
 def recap(result: subprocess.CompletedProcess) -> Dict[str, Dict[str, int]]:
@@ -207,6 +216,23 @@ def test_install_check_diff_and_rerun(cluster: Cluster):
     assert b"10.244.3.0/24 192.168.77.5 delta" in cluster.installed("alpha")["etc/podnet/routes.table"][1]
 
 
+def test_files_of_an_earlier_run_are_removed(cluster: Cluster):
+    """A renamed network renames the config: the old one must go, or the runtime may read it."""
+    assert cluster.play().returncode == 0
+    assert "etc/cni/net.d/10-podnet.conflist" in cluster.installed("alpha")
+    (cluster.roots / "alpha/etc/cni/net.d/other.conflist").write_text("{}")  # not ours: stays
+    cluster.compile(TOPOLOGY.format(mtu=1500, extra="").replace("name: podnet", "name: blue"))
+    r = cluster.play()
+    assert r.returncode == 0, r.stdout + r.stderr
+    for node in NODES:
+        files = cluster.installed(node)
+        files.pop("etc/cni/net.d/other.conflist", None)
+        assert files == cluster.expected(node, network="blue"), node
+    assert (cluster.roots / "alpha/etc/cni/net.d/other.conflist").exists()
+    again = cluster.play()
+    assert {n: v["changed"] for n, v in recap(again).items()} == {n: 0 for n in NODES}
+
+
 def test_serial_batches_and_directory_variables(cluster: Cluster):
     """Rolling updates one host at a time; the seed's /etc/cni/bin is one setting away."""
     r = cluster.play(extra={"podnet_serial": 1, "cni_bin_dir": "/etc/cni/bin", "cni_conf_dir": "/etc/cni/conf.d", "podnet_dir": "/usr/local/lib/podnet"})
@@ -215,7 +241,8 @@ def test_serial_batches_and_directory_variables(cluster: Cluster):
     assert r.stdout.count("PLAY [Install pod network podnet on its nodes]") == 3
     assert r.stdout.count("RUNNING HANDLER [Apply the pod routes]") == 3
     assert sorted(cluster.installed("alpha")) == sorted(
-        ["etc/cni/bin/podnet-bridge", "etc/cni/conf.d/10-podnet.conflist", "usr/local/lib/podnet/routes.sh", "usr/local/lib/podnet/routes.table"]
+        ["etc/cni/bin/podnet-bridge", "etc/cni/conf.d/10-podnet.conflist", "usr/local/lib/podnet/routes.sh", "usr/local/lib/podnet/routes.table",
+         "usr/local/lib/podnet/installed.json"]
         + [f"etc/cni/bin/{p.name}" for p in (cluster.out / "nodes/alpha").glob("*.py")]
     )
 
@@ -230,6 +257,7 @@ def test_router_mode_ships_the_router_table_to_the_router(cluster: Cluster):
     assert router == {
         "etc/podnet/routes.sh": (0o755, (cluster.out / "router/routes.sh").read_bytes()),
         "etc/podnet/routes.table": (0o644, (cluster.out / "routes.table").read_bytes()),
+        "etc/podnet/installed.json": (0o644, json.dumps([f"{cluster.roots}/router/etc/podnet/{f}" for f in ("routes.sh", "routes.table")]).encode()),
     }
     for node in NODES:
         assert cluster.installed(node) == cluster.expected(node), node

@@ -526,6 +526,7 @@ ipam_int2ip() {
 #   D RAW                 prevResult.dns
 #   G ID IFNAME           cni.dev/valid-attachments[] (and cni.dev/attachments[])
 #   K KEY                 that GC key is present and an array
+#   .                     the end (so that `$(...)` cannot strip a last empty field)
 # On invalid input it prints one line, the reason, and exits 3.
 # ---------------------------------------------------------------------------
 
@@ -660,6 +661,7 @@ END {
 	ws()
 	if (pos <= len) fail("unexpected data after the JSON object at byte " pos)
 	emit()
+	print "."
 }
 '
 
@@ -1239,11 +1241,16 @@ cmd_del() {
 	[ "$MODE" = cni ] || printf '%s\n' "$CID: $IFNAME removed, leases released"
 }
 
-# del_links: deleting IFNAME inside the pod's netns removes the pair. Without the
-# netns (gone, or CNI_NETNS empty) the host end is found by name and deleted only
-# when its alias proves it is this attachment's; a vanished netns took the pair along.
+# del_links: deleting IFNAME inside the pod's netns removes the pair, and loopback
+# goes down again (ADD brought it up; a runtime's loopback plugin does the same on
+# DEL). Without the netns (gone, or CNI_NETNS empty) the host end is found by name
+# and deleted only when its alias proves it is this attachment's; a vanished netns
+# took the pair along.
 del_links() {
-	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" link del "$IFNAME" 2>/dev/null; then
+	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" -batch - 2>/dev/null <<EOF; then
+link del $IFNAME
+link set lo down
+EOF
 		return 0
 	fi
 	veth_name

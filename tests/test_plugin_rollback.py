@@ -1,0 +1,109 @@
+"""ADD fails at each of its steps in turn, driven from outside (no test hooks in the
+plugin): the error object names the step, and nothing of the attempt is left
+(no veth, no lease, no address, no route), while what existed before is untouched.
+Then the same node still works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers import have, sh
+from plugin_node import BRIDGE, SHELLS, PluginNode
+
+pytestmark = pytest.mark.skipif(not have("dash", "busybox", "iptables"), reason="needs dash, busybox and iptables")
+
+FAKE_IPTABLES = '#!/bin/sh\necho "iptables: simulated failure" >&2\nexit 1\n'
+READ_ONLY_SYSCTL = "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && "
+
+
+def step_bridge(node, pod):
+    """The bridge name is taken by an interface that is not a bridge."""
+    sh(["ip", "-n", node.ns, "link", "add", BRIDGE, "type", "veth", "peer", "name", "pnbr0peer"])
+    return {}, "", 999, f"{BRIDGE} exists but is not a bridge"
+
+
+def step_veth(node, pod):
+    """The pod already has an interface of that name."""
+    sh(["ip", "-n", pod.ns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer"])
+    return {}, "", 999, "interface eth0 already exists in"
+
+
+def step_lease(node, pod):
+    """The pool is exhausted: every address of the /29 is leased to others."""
+    store = node.store()
+    store.mkdir(parents=True)
+    for host in range(2, 7):
+        (store / f"10.244.1.{host}").write_text(f"other{host}\r\neth0")
+    return {}, "", 100, "no free address"
+
+
+def step_pod_side(node, pod):
+    """The pod already has a default route (via another interface), so ours cannot be added."""
+    for cmd in (["link", "add", "other0", "type", "veth", "peer", "name", "other1"], ["addr", "add", "192.0.2.2/24", "dev", "other0"],
+                ["link", "set", "other0", "up"], ["link", "set", "other1", "up"], ["route", "add", "default", "via", "192.0.2.1"]):
+        sh(["ip", "-n", pod.ns, *cmd])
+    return {}, "", 999, "cannot configure eth0 in"
+
+
+def step_forwarding(node, pod):
+    """Forwarding is off and /proc/sys is read-only for the plugin."""
+    sh(["ip", "netns", "exec", node.ns, "sysctl", "-qw", "net.ipv4.ip_forward=0"])
+    return {}, READ_ONLY_SYSCTL, 999, "cannot enable forwarding"
+
+
+def step_masquerade(node, pod):
+    """iptables fails."""
+    fake = node.tmp / "fakebin"
+    fake.mkdir()
+    (fake / "iptables").write_text(FAKE_IPTABLES)
+    (fake / "iptables").chmod(0o755)
+    import os
+
+    return {"PATH": f"{fake}:{os.environ['PATH']}"}, "", 999, "cannot install the masquerade rule"
+
+
+STEPS = [step_bridge, step_veth, step_lease, step_pod_side, step_forwarding, step_masquerade]
+
+
+@pytest.mark.parametrize("step", STEPS, ids=[s.__name__[5:] for s in STEPS])
+@pytest.mark.parametrize("shell", SHELLS)
+def test_add_fails_at_each_step_and_leaves_nothing(step, shell, netns, tmp_path):
+    kw = {"node_prefix": 29, "subnet": "10.244.1.0/29"} if step is step_lease else {}
+    node = PluginNode(netns, tmp_path, shell=shell, **kw)
+    pod = node.new_pod()
+    env, prefix, code, text = step(node, pod)
+    before = node.snapshot(pod)
+    leases_before = node.leases()
+    veths_before = node.veths()
+
+    failed = node.cni("ADD", pod, env=env, script=prefix + 'exec $PLUGIN_SHELL "$PLUGIN"')
+    assert failed.rc == 1, failed
+    (line,) = failed.stdout.splitlines()
+    error = json.loads(line)
+    assert error["code"] == code and text in error["msg"], failed
+
+    after = node.snapshot(pod)
+    # The bridge may have been created by this ADD (the node's, kept for all pods);
+    # everything else is as before.
+    assert [l for l in after["node links"] if l != BRIDGE] == [l for l in before["node links"] if l != BRIDGE], after
+    assert node.veths() == veths_before
+    assert after["pod links"] == before["pod links"] and after["pod addresses"] == before["pod addresses"]
+    assert node.leases() == leases_before
+    assert after["pod routes"] == before["pod routes"]
+
+    # Nothing blocks a clean retry once the cause is gone (except the exhausted pool).
+    if step is step_lease:
+        return
+    undo = {
+        step_bridge: ["ip", "-n", node.ns, "link", "del", BRIDGE],
+        step_veth: ["ip", "-n", pod.ns, "link", "del", "eth0"],
+        step_pod_side: ["ip", "-n", pod.ns, "link", "del", "other0"],
+    }
+    if step in undo:
+        sh(undo[step])
+    retried = node.cni("ADD", pod)
+    assert retried.rc == 0, retried
+    assert node.cni("DEL", pod).rc == 0
+    assert node.veths() == [] and node.leases() == {}

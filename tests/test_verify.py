@@ -1,0 +1,315 @@
+"""`podnet verify`: pure parts (pair sampling, underlay prefix, result parsing), and
+whole runs in namespaces: the example, 10 nodes, router mode, a deliberately removed
+route, SIGTERM cleanup, the root check.
+
+The engine is also run once with the reference bridge + host-local standing in for
+podnet's plugin (test-only, `reference_plugin`): it separates "verify is wrong" from
+"the plugin is wrong" when a podnet run fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from helpers import REPO, have, is_root, podnet, write_topology
+
+sys.path.insert(0, str(REPO))
+from compiler import verify  # noqa: E402
+
+EXAMPLE = str(REPO / "examples" / "cluster.yaml")
+needs_root = pytest.mark.skipif(not (is_root() and have("ip", "iptables", "ping")), reason="needs root, iproute2, iptables, ping")
+
+
+def topology(n: int, router: bool = False, masquerade: bool = True) -> str:
+    net = "network:\n  podCIDR: 10.244.0.0/16\n" + ("" if masquerade else "  masquerade: false\n")
+    if router:
+        net += "  routing: router\n  router: 192.168.0.1\n"
+    nodes = "".join(f"  - name: node{i + 1}\n    address: 192.168.0.{i + 2}\n" for i in range(n))
+    return net + "nodes:\n" + nodes
+
+
+def no_namespaces_left(prefix: str) -> bool:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return not [line for line in listed.splitlines() if line.startswith(prefix)]
+
+
+def pair_nodes(report) -> set:
+    return {(a.split("/")[0], b.split("/")[0]) for a, b in report.failing_pairs}
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def pods(counts):
+    return [[SimpleNamespace(node=f"n{i}", index=k, address=f"10.0.{i}.{k + 2}") for k in range(c)] for i, c in enumerate(counts)]
+
+
+def test_all_pairs_when_within_budget():
+    groups = pods([2, 2, 2])
+    pairs, total = verify.select_pairs(groups, 100)
+    assert total == 30 and len(pairs) == 30 and len(set(map(lambda ab: (id(ab[0]), id(ab[1])), pairs))) == 30
+    assert all(a is not b for a, b in pairs)
+
+
+def test_sample_covers_every_node_pair_both_ways_and_every_pod():
+    groups = pods([4] * 50)
+    pairs, total = verify.select_pairs(groups, 5000)
+    assert total == 200 * 199
+    assert len(pairs) <= 5000 + 50 * 12  # the budget, plus pairs within nodes
+    covered = {(a.node, b.node) for a, b in pairs}
+    assert covered >= {(f"n{i}", f"n{j}") for i in range(50) for j in range(50) if i != j}
+    sources = {(a.node, a.index) for a, _ in pairs}
+    targets = {(b.node, b.index) for _, b in pairs}
+    assert len(sources) == len(targets) == 200
+    # a budget smaller than the node pairs still covers every node pair once
+    pairs, _ = verify.select_pairs(groups, 10)
+    assert {(a.node, b.node) for a, b in pairs if a.node != b.node} == {(f"n{i}", f"n{j}") for i in range(50) for j in range(50) if i != j}
+
+
+def test_node_targets_cover_every_ordered_node_pair():
+    groups = pods([2, 0, 3])
+    nodes = [("n0", "192.168.0.2"), ("n1", "192.168.0.3"), ("n2", "192.168.0.4")]
+    got = {(p.node, name) for p, (name, _) in verify.select_node_targets(groups, nodes)}
+    assert got == {("n0", "n1"), ("n0", "n2"), ("n2", "n0"), ("n2", "n1")}  # n1 has no pods to ping from
+
+
+@pytest.mark.parametrize(
+    "addresses, expected",
+    [
+        (["192.168.1.2", "192.168.1.3", "192.168.1.4"], 29),
+        (["192.168.1.2", "192.168.1.3"], 31),  # a /31 has no network or broadcast address
+        (["10.0.0.1", "10.0.0.5", "10.0.0.2"], 29),
+        (["10.0.0.0", "10.0.0.5"], 29),  # a host on the network address is fine
+        (["10.0.0.4", "10.0.0.7"], 28),  # .7 is the broadcast address of the /29: widen
+        (["10.0.0.7", "10.0.0.9"], 28),  # across a /29 boundary
+    ],
+)
+def test_underlay_prefix(addresses, expected):
+    import ipaddress
+
+    got = verify.underlay_prefix(addresses)
+    addrs = [ipaddress.ip_address(a) for a in addresses]
+
+    def fits(prefix):
+        net = ipaddress.ip_network((addrs[0], prefix), strict=False)
+        broadcast = None if prefix >= 31 else net.broadcast_address
+        return all(a in net and a != broadcast for a in addrs)
+
+    assert fits(got) and not fits(got + 1)  # holds them all, and is the longest that does
+    assert got == expected
+
+
+def test_result_address_for_every_result_format():
+    assert verify.result_address('{"cniVersion":"1.0.0","ips":[{"address":"10.244.1.2/24"}]}') == "10.244.1.2"
+    assert verify.result_address('{"cniVersion":"0.2.0","ip4":{"ip":"10.244.1.3/24"}}') == "10.244.1.3"
+    assert verify.result_address('{"code":11,"msg":"no"}') == "" and verify.result_address("garbage") == ""
+    assert verify.plugin_error('{"code":11,"msg":"pool full","details":"10.244.1.0/24"}', "") == "pool full (10.244.1.0/24)"
+    assert verify.plugin_error("", "line one\nnet-setup.sh: boom\n") == "net-setup.sh: boom"
+
+
+def test_refuses_without_root(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    topo = SimpleNamespace(network=SimpleNamespace(masquerade=True))
+    with pytest.raises(verify.VerifyError, match=r"^needs root: .*run it as root"):
+        verify.preflight(topo)
+
+
+@pytest.mark.skipif(not (is_root() and have("setpriv")), reason="needs root to drop it")
+def test_cli_without_root_says_so(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    res = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "compiler", "verify", EXAMPLE], cwd=REPO, env=env, capture_output=True, text=True)
+    assert res.returncode == 1
+    assert res.stderr.startswith("podnet verify: needs root:") and "Traceback" not in res.stderr
+
+
+def test_cli_usage():
+    res = podnet("verify", EXAMPLE, "--pods-per-node", "0")
+    assert res.returncode == 2 and "must be at least 1" in res.stderr
+
+
+# ------------------------------------------------------------------ whole runs
+
+# A test-only stand-in: podnet's config, handed to the reference bridge + host-local.
+STAND_IN = """#!/usr/bin/env python3
+import json, os, subprocess, sys
+conf = json.load(sys.stdin)
+conf["ipam"]["type"] = "host-local"
+res = subprocess.run(["/usr/lib/cni/bridge"], input=json.dumps(conf).encode(), env=dict(os.environ, CNI_PATH="/usr/lib/cni"), stdout=subprocess.PIPE)
+sys.stdout.buffer.write(res.stdout)
+sys.exit(res.returncode)
+"""
+
+
+@pytest.fixture
+def reference_plugin(monkeypatch):
+    if not os.path.exists("/usr/lib/cni/bridge"):
+        pytest.skip("needs containernetworking-plugins")
+    install = verify.Cluster.install
+
+    def with_stand_in(self):
+        install(self)
+        for m in self.nodes:
+            path = m.root / "opt/cni/bin" / self.plugin_type
+            path.write_text(STAND_IN.replace("/usr/bin/env python3", sys.executable, 1))
+            path.chmod(0o755)
+
+    monkeypatch.setattr(verify.Cluster, "install", with_stand_in)
+
+
+def podnet_plugin_ready(tmp_path) -> bool:
+    """Whether the compiled net-setup.sh speaks CNI (VERSION): until the plugin issue
+    lands its CNI mode, the podnet-plugin runs below skip, naming why."""
+    out = tmp_path / "probe"
+    podnet("compile", EXAMPLE, "-o", str(out), check=True)
+    res = subprocess.run(["/bin/sh", str(out / "nodes/node1/net-setup.sh")], env=dict(os.environ, CNI_COMMAND="VERSION"), input="{}", capture_output=True, text=True)
+    return res.returncode == 0 and "supportedVersions" in res.stdout
+
+
+@pytest.fixture
+def podnet_plugin(tmp_path):
+    if not podnet_plugin_ready(tmp_path):
+        pytest.skip("the compiled net-setup.sh has no CNI mode yet (plugin issue)")
+
+
+def run_verify(path, **kw):
+    kw.setdefault("quiet", True)
+    ok, cluster = verify.run(str(path), **kw)
+    assert no_namespaces_left(cluster.prefix)
+    return ok, cluster
+
+
+@needs_root
+@pytest.mark.netns
+def test_engine_with_reference_plugin_example(reference_plugin, capsys):
+    ok, cluster = run_verify(EXAMPLE, pods_per_node=2)
+    out = capsys.readouterr().out
+    assert ok, out
+    assert "pod -> pod: 30/30 replied (30 of 30 pairs, all)" in out
+    assert "pod -> other nodes' addresses: 6/6 replied" in out
+
+
+@needs_root
+@pytest.mark.netns
+def test_engine_with_reference_plugin_names_the_removed_route(reference_plugin, capsys):
+    ok, cluster = run_verify(EXAMPLE, pods_per_node=2, after_routes=remove_route("node2", "10.244.3.0/24"))
+    out = capsys.readouterr().out
+    assert not ok
+    # one way only: the reference bridge's ipMasq also masquerades pod traffic to other
+    # nodes' pods, so node3's pods reach node2's under node3's address, and the replies
+    # need no route to 10.244.3.0/24 (podnet masquerades only traffic leaving podCIDR)
+    assert_exactly_that_route(cluster, out, {("node2", "node3")})
+
+
+def remove_route(node: str, dst: str):
+    def hook(cluster):
+        m = next(m for m in cluster.nodes if m.name == node)
+        subprocess.run(["ip", "-n", m.netns, "route", "del", dst], check=True)
+
+    return hook
+
+
+def assert_exactly_that_route(cluster, out, node_pairs):
+    r = cluster.report
+    assert pair_nodes(r) == node_pairs, r.failing_pairs
+    assert r.pairs_ok == 30 - 4 * len(node_pairs)  # 2 pods x 2 pods per node pair
+    route_problems = [p for p in r.problems if "routes.sh" in p]
+    assert route_problems == ["node2: routes.sh check failed (exit 1)\n    missing route: 10.244.3.0/24 via 192.168.1.4 dev eth0\n    routes.sh check (node2): 1 problem(s); run `" + str(next(m for m in cluster.nodes if m.name == "node2").root / "etc/podnet/routes.sh") + " up` to repair (it does not remove extra routes)"]
+    assert re.search(r"^node2 .* DRIFT ", out, re.M)
+    assert "node2/pod0 10.244.2.2 -> node3/pod0 10.244.3.2: no reply" in out
+
+
+@needs_root
+@pytest.mark.netns
+def test_verify_example_cli(podnet_plugin):
+    res = podnet("verify", "examples/cluster.yaml", "--pods-per-node", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pod -> pod: 30/30 replied (30 of 30 pairs, all)" in res.stdout
+    assert "pod -> other nodes' addresses: 6/6 replied" in res.stdout
+    assert res.stdout.rstrip().splitlines()[-1].startswith("PASS in ")
+    token = re.search(r"run ([0-9a-f]{6}):", res.stderr).group(1)
+    assert no_namespaces_left(f"pv-{token}-")
+    for node in ("node1", "node2", "node3"):
+        assert re.search(rf"^{node} +10\.244\.\d\.0/24 +2/2 +ok +ok +10/10 +10/10 +2/2 +none$", res.stdout, re.M), res.stdout
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.slow
+def test_verify_ten_nodes(tmp_path, podnet_plugin, capsys):
+    ok, cluster = run_verify(write_topology(tmp_path, topology(10)), pods_per_node=2)
+    out = capsys.readouterr().out
+    assert ok, out
+    assert cluster.report.pairs_ok == cluster.report.pairs_tested == 20 * 19
+    assert cluster.report.node_pings_ok == 90
+
+
+@needs_root
+@pytest.mark.netns
+def test_verify_router_mode(tmp_path, podnet_plugin, capsys):
+    ok, cluster = run_verify(write_topology(tmp_path, topology(4, router=True)), pods_per_node=2)
+    out = capsys.readouterr().out
+    assert ok, out
+    assert re.search(r"^router +192\.168\.0\.1 +- +ok ", out, re.M)
+    assert cluster.report.pairs_ok == 8 * 7
+
+
+@needs_root
+@pytest.mark.netns
+def test_router_mode_traffic_goes_through_the_router(tmp_path, podnet_plugin, capsys):
+    """Removing one node's subnet from the router cuts exactly that node off."""
+
+    def hook(cluster):
+        subprocess.run(["ip", "-n", cluster.router.netns, "route", "del", "10.244.0.0/24"], check=True)
+
+    ok, cluster = run_verify(write_topology(tmp_path, topology(3, router=True, masquerade=False)), pods_per_node=1, after_routes=hook)
+    assert not ok
+    # pod pairs to and from node1, and (masquerade off) node1's pods to other nodes'
+    # addresses: the replies come back through the router too
+    assert pair_nodes(cluster.report) == {("node1", "node2"), ("node1", "node3"), ("node2", "node1"), ("node3", "node1"), ("node1", "node node2 192.168.0.3"), ("node1", "node node3 192.168.0.4")}
+    assert [p.splitlines()[:2] for p in cluster.report.problems] == [["router: routes.sh check failed (exit 1)", "    missing route: 10.244.0.0/24 via 192.168.0.2"]]
+
+
+@needs_root
+@pytest.mark.netns
+def test_verify_names_the_removed_route(podnet_plugin, capsys):
+    ok, cluster = run_verify(EXAMPLE, pods_per_node=2, after_routes=remove_route("node2", "10.244.3.0/24"))
+    out = capsys.readouterr().out
+    assert not ok
+    # both ways: node3's pods reach node2's unmasqueraded, and the replies have no route
+    assert_exactly_that_route(cluster, out, {("node2", "node3"), ("node3", "node2")})
+    assert out.rstrip().splitlines()[-1].startswith("FAIL in ")
+
+
+@needs_root
+@pytest.mark.netns
+def test_sigterm_removes_everything(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "compiler", "verify", EXAMPLE], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        for line in proc.stderr:
+            lines.append(line)
+            if "adding" in line:  # the namespaces exist now
+                break
+        token = re.search(r"run ([0-9a-f]{6}):", "".join(lines)).group(1)
+        workdir = re.search(r"work dir (\S+)", "".join(lines)).group(1)
+        assert not no_namespaces_left(f"pv-{token}-")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "podnet verify: interrupted" in err
+    assert no_namespaces_left(f"pv-{token}-")
+    assert not os.path.exists(workdir)
