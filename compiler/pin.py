@@ -5,10 +5,13 @@ quoting and blank lines stay as the user wrote them; only a `podCIDR:` line per
 unpinned node is new (placed after `interface`, else after `address`, at the
 node's indentation; a flow-style node `{name: x, address: y}` gets the key
 inside its braces instead). Round-trip dumping is not perfect for every
-layout, so the result is checked before anything is written: the data must
-equal the intended data, and a line diff against the original may hold nothing
-but the pinned lines. If either check fails the file is left alone and the
-error says which line to add by hand.
+layout, so the result is checked before anything is written: each pinned node
+must load with its subnet, and a line diff against the original may hold
+nothing but the pinned lines (new lines, or a flow-style node's line gaining the
+key). When the dumper normalised something else (aligned `key:   value`
+columns, say), the lines are inserted instead at the positions the round-trip
+loader reports, and checked the same way. If that fails too (a flow-style node
+in such a file), the file is left alone and the error says what to add by hand.
 """
 
 from __future__ import annotations
