@@ -2,7 +2,8 @@
 
 Rules run on the loaded data even when the schema found problems; a rule skips
 any field that is malformed (the schema already reported it), so one run reports
-everything it can.
+everything it can. Every rule holds per address family: `podCIDR`, `address`,
+a node's `podCIDR` and `router` are one value or a list with one per family.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from compiler.diagnostics import Diagnostic, dotted
 from compiler.load import Document
-from compiler.model import DEFAULTS
+from compiler.model import DEFAULTS, node_prefix_length
 
 Rule = Callable[["Facts"], Iterator[Diagnostic]]
+Path = Tuple[Any, ...]
+FAMILY = {4: "IPv4", 6: "IPv6"}
 
 
 class Facts:
@@ -27,12 +30,37 @@ class Facts:
         self.net: Dict[str, Any] = net if isinstance(net, dict) else {}
         nodes = data.get("nodes")
         self.nodes: List[Dict[str, Any]] = [n if isinstance(n, dict) else {} for n in nodes] if isinstance(nodes, list) else []
-        self.pod_cidr = _network(self.net.get("podCIDR"))
-        prefix = self.net.get("nodePrefixLength", DEFAULTS["nodePrefixLength"])
-        self.node_prefix: Optional[int] = prefix if isinstance(prefix, int) and not isinstance(prefix, bool) else None
+        # the cluster's pod ranges, at most one per family (the schema and `families` say more)
+        self.pools: Dict[int, Any] = {}
+        for _, net_ in self.values(("network", "podCIDR"), self.net.get("podCIDR"), _network):
+            self.pools.setdefault(net_.version, net_)
+        self.prefixes: Dict[int, Optional[int]] = {v: self._prefix(v) for v in (4, 6)}
 
-    def node_path(self, i: int, key: str) -> Tuple[Any, ...]:
-        return ("nodes", i, key)
+    def _prefix(self, version: int) -> Optional[int]:
+        raw = {k: self.net[k] for k in ("nodePrefixLength", "nodePrefixLength6") if k in self.net}
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in raw.values()):
+            return None
+        return node_prefix_length(version, raw, single_stack=len(self.pools) == 1)
+
+    @staticmethod
+    def values(path: Path, raw: Any, parse) -> List[Tuple[Path, Any]]:
+        """(path, parsed) for a one-or-list field, skipping malformed entries."""
+        items = [(path, raw)] if not isinstance(raw, list) else [(path + (k,), v) for k, v in enumerate(raw)]
+        out = []
+        for p, v in items:
+            parsed = parse(v)
+            if parsed is not None:
+                out.append((p, parsed))
+        return out
+
+    def node_values(self, i: int, key: str, parse) -> List[Tuple[Path, Any]]:
+        return self.values(("nodes", i, key), self.nodes[i].get(key), parse)
+
+    def prefix_key(self, version: int) -> str:
+        """The key that sets a family's node prefix length (see model.node_prefix_length)."""
+        if version == 6 and ("nodePrefixLength6" in self.net or len(self.pools) != 1 or "nodePrefixLength" not in self.net):
+            return "nodePrefixLength6"
+        return "nodePrefixLength"
 
 
 def _network(value: Any):
@@ -53,58 +81,77 @@ def _address(value: Any):
         return None
 
 
+def families(f: Facts) -> Iterator[Diagnostic]:
+    """One value per family in each list: network.podCIDR, router, a node's address and podCIDR."""
+    fields = [(("network", "podCIDR"), f.net.get("podCIDR"), _network), (("network", "router"), f.net.get("router"), _address)]
+    for i, n in enumerate(f.nodes):
+        fields += [(("nodes", i, "address"), n.get("address"), _address), (("nodes", i, "podCIDR"), n.get("podCIDR"), _network)]
+    for path, raw, parse in fields:
+        seen: Dict[int, Path] = {}
+        for p, value in f.values(path, raw, parse):
+            if value.version in seen:
+                yield f.doc.at(p, f"{dotted(p)}: a second {FAMILY[value.version]} value; give at most one per address family")
+            seen.setdefault(value.version, p)
+
+
 def host_bits(f: Facts) -> Iterator[Diagnostic]:
     """A CIDR with host bits set is almost always a typo for a different network."""
-    fields = [(("network", "podCIDR"), f.net.get("podCIDR"))]
-    fields += [(f.node_path(i, "podCIDR"), n.get("podCIDR")) for i, n in enumerate(f.nodes)]
+    fields = f.values(("network", "podCIDR"), f.net.get("podCIDR"), lambda v: v if _network(v) else None)
+    for i in range(len(f.nodes)):
+        fields += f.node_values(i, "podCIDR", lambda v: v if _network(v) else None)
     for path, value in fields:
         net = _network(value)
-        if net is not None and str(net.network_address) != value.split("/")[0]:
+        if ipaddress.ip_address(value.split("/")[0]) != net.network_address:
             yield f.doc.at(path, f"{dotted(path)}: {value} has host bits set; did you mean {net}?")
 
 
 def node_prefix_fits(f: Facts) -> Iterator[Diagnostic]:
-    if f.pod_cidr is None or f.node_prefix is None:
-        return
-    if f.node_prefix < f.pod_cidr.prefixlen:
-        yield f.doc.at(("network", "nodePrefixLength"), f"network.nodePrefixLength: /{f.node_prefix} node subnets do not fit in podCIDR {f.pod_cidr}")
-    elif f.node_prefix > f.pod_cidr.max_prefixlen - 2:
-        yield f.doc.at(("network", "nodePrefixLength"), f"network.nodePrefixLength: /{f.node_prefix} leaves no address for pods")
+    for version, pool in f.pools.items():
+        prefix = f.prefixes[version]
+        if prefix is None:
+            continue
+        key = f.prefix_key(version)
+        path = ("network", key) if key in f.net else ("network", "podCIDR")
+        if prefix < pool.prefixlen:
+            yield f.doc.at(path, f"network.{key}: /{prefix} node subnets do not fit in podCIDR {pool}")
+        elif prefix > pool.max_prefixlen - 2:
+            yield f.doc.at(path, f"network.{key}: /{prefix} leaves no address for pods in an {FAMILY[version]} subnet")
 
 
 def pinned_subnets(f: Facts) -> Iterator[Diagnostic]:
-    """Pinned subnets: inside podCIDR, of the node size, not overlapping each other."""
-    pinned: List[Tuple[Any, int]] = []
-    for i, n in enumerate(f.nodes):
-        sub = _network(n.get("podCIDR"))
-        if sub is None:
-            continue
-        where = f"nodes[{i}].podCIDR"
-        path = f.node_path(i, "podCIDR")
-        if f.pod_cidr is not None and sub.version == f.pod_cidr.version and not sub.subnet_of(f.pod_cidr):
-            yield f.doc.at(path, f"{where}: {sub} is outside network.podCIDR {f.pod_cidr}")
-        elif f.node_prefix is not None and sub.prefixlen != f.node_prefix:
-            yield f.doc.at(path, f"{where}: {sub} is a /{sub.prefixlen}, but network.nodePrefixLength is {f.node_prefix}")
-        pinned.append((sub, i))
+    """Pinned subnets: of a family the cluster has, inside its podCIDR, of the node size,
+    not overlapping each other."""
+    pinned: List[Tuple[Any, int, Path]] = []
+    for i in range(len(f.nodes)):
+        for path, sub in f.node_values(i, "podCIDR", _network):
+            where = dotted(path)
+            pool, prefix = f.pools.get(sub.version), f.prefixes[sub.version]
+            if f.pools and pool is None:
+                yield f.doc.at(path, f"{where}: {sub} is {FAMILY[sub.version]}, but network.podCIDR has no {FAMILY[sub.version]} range")
+                continue
+            if pool is not None and not sub.subnet_of(pool):
+                yield f.doc.at(path, f"{where}: {sub} is outside network.podCIDR {pool}")
+            elif prefix is not None and sub.prefixlen != prefix:
+                yield f.doc.at(path, f"{where}: {sub} is a /{sub.prefixlen}, but network.{f.prefix_key(sub.version)} is {prefix}")
+            pinned.append((sub, i, path))
     yield from _overlaps(f, pinned)
 
 
-def _overlaps(f: Facts, pinned: List[Tuple[Any, int]]) -> Iterator[Diagnostic]:
+def _overlaps(f: Facts, pinned: List[Tuple[Any, int, Path]]) -> Iterator[Diagnostic]:
     """Each subnet that overlaps one earlier in the file, in O(n log n): sweep the
     subnets by start address, keeping the one reaching furthest so far."""
-    spans = sorted(
-        (sub.version, int(sub.network_address), i, int(sub.broadcast_address), sub)
-        for sub, i in pinned
-    )
-    reach: Optional[Tuple[int, int, int, Any]] = None  # (version, end, index, subnet)
-    for version, start, i, end, sub in spans:
+    spans = sorted((sub.version, int(sub.network_address), i, int(sub.broadcast_address), sub, path) for sub, i, path in pinned)
+    reach = None  # (version, end, index, subnet, path) of the span reaching furthest
+    for version, start, i, end, sub, path in spans:
         if reach is not None and reach[0] == version and start <= reach[1]:
             # report on the later of the two nodes in file order
-            later, earlier, other = (i, reach[2], reach[3]) if i > reach[2] else (reach[2], i, sub)
-            later_sub = sub if later == i else reach[3]
-            yield f.doc.at(f.node_path(later, "podCIDR"), f"nodes[{later}].podCIDR: {later_sub} overlaps {other} of node {_name(f, earlier)} (nodes[{earlier}])")
+            if i > reach[2]:
+                at, later_sub, other, earlier = path, sub, reach[3], reach[2]
+            else:
+                at, later_sub, other, earlier = reach[4], reach[3], sub, i
+            yield f.doc.at(at, f"{dotted(at)}: {later_sub} overlaps {other} of node {_name(f, earlier)} (nodes[{earlier}])")
         if reach is None or reach[0] != version or end > reach[1]:
-            reach = (version, end, i, sub)
+            reach = (version, end, i, sub, path)
 
 
 def unique_names(f: Facts) -> Iterator[Diagnostic]:
@@ -114,43 +161,60 @@ def unique_names(f: Facts) -> Iterator[Diagnostic]:
         if not isinstance(name, str):
             continue
         if name in first:
-            yield f.doc.at(f.node_path(i, "name"), f"nodes[{i}].name: duplicate node name {name!r} (also nodes[{first[name]}])")
+            yield f.doc.at(("nodes", i, "name"), f"nodes[{i}].name: duplicate node name {name!r} (also nodes[{first[name]}])")
         else:
             first[name] = i
 
 
 def unique_addresses(f: Facts) -> Iterator[Diagnostic]:
     first: Dict[Any, int] = {}
+    for i in range(len(f.nodes)):
+        for path, addr in f.node_values(i, "address", _address):
+            if addr in first and first[addr] != i:
+                yield f.doc.at(path, f"{dotted(path)}: {addr} is also the address of node {_name(f, first[addr])} (nodes[{first[addr]}])")
+            first.setdefault(addr, i)
+
+
+def node_address_families(f: Facts) -> Iterator[Diagnostic]:
+    """Each node has an underlay address in every family the pods have (routes to its
+    pod subnet of that family go via it), and none in another."""
+    if not f.pools:
+        return
     for i, n in enumerate(f.nodes):
-        addr = _address(n.get("address"))
-        if addr is None:
-            continue
-        if addr in first:
-            yield f.doc.at(f.node_path(i, "address"), f"nodes[{i}].address: {addr} is also the address of node {_name(f, first[addr])} (nodes[{first[addr]}])")
-        else:
-            first[addr] = i
+        addresses = f.node_values(i, "address", _address)
+        if not addresses or len(addresses) != (len(n["address"]) if isinstance(n.get("address"), list) else 1):
+            continue  # missing or malformed: the schema said so
+        have = {a.version for _, a in addresses}
+        wrong = [(path, a) for path, a in addresses if a.version not in f.pools]
+        for path, addr in wrong:
+            yield f.doc.at(path, f"{dotted(path)}: {addr} is {FAMILY[addr.version]}, but network.podCIDR has no {FAMILY[addr.version]} range")
+        for version, pool in sorted(f.pools.items()):
+            if version not in have and not wrong:
+                yield f.doc.at(("nodes", i, "address"), f"nodes[{i}].address: no {FAMILY[version]} address; pods have the {FAMILY[version]} range {pool}, routed via each node's {FAMILY[version]} address")
 
 
 def addresses_outside_pods(f: Facts) -> Iterator[Diagnostic]:
-    if f.pod_cidr is None:
-        return
-    for i, n in enumerate(f.nodes):
-        addr = _address(n.get("address"))
-        if addr is not None and addr in f.pod_cidr:
-            yield f.doc.at(f.node_path(i, "address"), f"nodes[{i}].address: {addr} is inside network.podCIDR {f.pod_cidr}; node addresses must be on the underlay")
-        if addr is not None and (addr.is_unspecified or addr.is_loopback or addr.is_multicast):
-            yield f.doc.at(f.node_path(i, "address"), f"nodes[{i}].address: {addr} cannot be a node's underlay address")
-    router = _address(f.net.get("router"))
-    if router is not None and router in f.pod_cidr:
-        yield f.doc.at(("network", "router"), f"network.router: {router} is inside network.podCIDR {f.pod_cidr}")
+    for i in range(len(f.nodes)):
+        for path, addr in f.node_values(i, "address", _address):
+            pool = f.pools.get(addr.version)
+            if pool is not None and addr in pool:
+                yield f.doc.at(path, f"{dotted(path)}: {addr} is inside network.podCIDR {pool}; node addresses must be on the underlay")
+            if addr.is_unspecified or addr.is_loopback or addr.is_multicast:
+                yield f.doc.at(path, f"{dotted(path)}: {addr} cannot be a node's underlay address")
+    for path, router in f.values(("network", "router"), f.net.get("router"), _address):
+        pool = f.pools.get(router.version)
+        if pool is not None and router in pool:
+            yield f.doc.at(path, f"{dotted(path)}: {router} is inside network.podCIDR {pool}")
 
 
 def capacity(f: Facts) -> Iterator[Diagnostic]:
-    if f.pod_cidr is None or f.node_prefix is None or f.node_prefix < f.pod_cidr.prefixlen:
-        return
-    room = 1 << (f.node_prefix - f.pod_cidr.prefixlen)
-    if len(f.nodes) > room:
-        yield f.doc.at(("nodes",), f"nodes: {len(f.nodes)} nodes, but network.podCIDR {f.pod_cidr} holds only {room} /{f.node_prefix} subnet{'s' if room != 1 else ''}")
+    for version, pool in sorted(f.pools.items()):
+        prefix = f.prefixes[version]
+        if prefix is None or prefix < pool.prefixlen:
+            continue
+        room = 1 << (prefix - pool.prefixlen)
+        if len(f.nodes) > room:
+            yield f.doc.at(("nodes",), f"nodes: {len(f.nodes)} nodes, but network.podCIDR {pool} holds only {room} /{prefix} subnet{'s' if room != 1 else ''}")
 
 
 def router_mode(f: Facts) -> Iterator[Diagnostic]:
@@ -159,18 +223,24 @@ def router_mode(f: Facts) -> Iterator[Diagnostic]:
         yield f.doc.at(("network", "routing"), "network.router: required when network.routing is 'router'")
     if routing != "router" and "router" in f.net:
         yield f.doc.at(("network", "router"), "network.router: only used with network.routing: router; remove it or set routing: router", key=True)
-    router = _address(f.net.get("router"))
-    if router is not None:
-        for i, n in enumerate(f.nodes):
-            if _address(n.get("address")) == router:
-                yield f.doc.at(f.node_path(i, "address"), f"nodes[{i}].address: {router} is the router's address")
+    routers = f.values(("network", "router"), f.net.get("router"), _address)
+    if routing == "router" and routers:
+        have = {r.version for _, r in routers}
+        for version, pool in sorted(f.pools.items()):
+            if version not in have:
+                yield f.doc.at(("network", "router"), f"network.router: no {FAMILY[version]} router address; pods have the {FAMILY[version]} range {pool}")
+    by_address = {r: p for p, r in routers}
+    for i in range(len(f.nodes)):
+        for path, addr in f.node_values(i, "address", _address):
+            if addr in by_address:
+                yield f.doc.at(path, f"{dotted(path)}: {addr} is the router's address")
 
 
 def bridge_not_underlay(f: Facts) -> Iterator[Diagnostic]:
     bridge = f.net.get("bridge", DEFAULTS["bridge"])
     for i, n in enumerate(f.nodes):
         if n.get("interface", DEFAULTS["interface"]) == bridge:
-            yield f.doc.at(f.node_path(i, "interface"), f"nodes[{i}].interface: {bridge!r} is also network.bridge; the pod bridge cannot be the underlay interface")
+            yield f.doc.at(("nodes", i, "interface"), f"nodes[{i}].interface: {bridge!r} is also network.bridge; the pod bridge cannot be the underlay interface")
 
 
 def ipam_range(f: Facts) -> Iterator[Diagnostic]:
@@ -180,16 +250,28 @@ def ipam_range(f: Facts) -> Iterator[Diagnostic]:
     start, end = f.net.get("rangeStart"), f.net.get("rangeEnd")
     start = start if isinstance(start, int) and not isinstance(start, bool) else None
     end = end if isinstance(end, int) and not isinstance(end, bool) else None
-    if f.pod_cidr is not None and f.node_prefix is not None and f.pod_cidr.prefixlen <= f.node_prefix <= f.pod_cidr.max_prefixlen - 2:
-        last = (1 << (f.pod_cidr.max_prefixlen - f.node_prefix)) - 2
+    for version, pool in sorted(f.pools.items()):
+        prefix = f.prefixes[version]
+        if prefix is None or not pool.prefixlen <= prefix <= pool.max_prefixlen - 2:
+            continue
+        last = (1 << (pool.max_prefixlen - prefix)) - 2
         for key, value in (("rangeStart", start), ("rangeEnd", end)):
             if value is not None and value > last:
-                yield f.doc.at(("network", key), f"network.{key}: offset {value} is outside a /{f.node_prefix} node subnet, whose pod addresses are offsets 1..{last}")
+                yield f.doc.at(("network", key), f"network.{key}: offset {value} is outside a /{prefix} node subnet, whose pod addresses are offsets 1..{last}")
     if start is not None and end is not None:
         if start > end:
             yield f.doc.at(("network", "rangeEnd"), f"network.rangeEnd: {end} is before network.rangeStart {start}")
         elif start == end == 1:
             yield f.doc.at(("network", "rangeEnd"), "network.rangeEnd: the range holds only the gateway (offset 1); no address is left for pods")
+
+
+def ipv6_pods_pending(f: Facts) -> Iterator[Diagnostic]:
+    """Temporary: the compiler models IPv6 and dual-stack, but the generated plugin,
+    IPAM and routes do not handle IPv6 pods yet, so such a topology is refused
+    rather than compiled into scripts that would fail on the node."""
+    for path, pool in f.values(("network", "podCIDR"), f.net.get("podCIDR"), _network):
+        if pool.version == 6:
+            yield f.doc.at(path, f"{dotted(path)}: IPv6 pod ranges ({pool}) are not supported by the generated plugin yet; use an IPv4 range")
 
 
 def _name(f: Facts, i: int) -> str:
@@ -198,16 +280,19 @@ def _name(f: Facts, i: int) -> str:
 
 
 RULES: Tuple[Rule, ...] = (
+    families,
     host_bits,
     node_prefix_fits,
     pinned_subnets,
     unique_names,
     unique_addresses,
+    node_address_families,
     addresses_outside_pods,
     capacity,
     router_mode,
     bridge_not_underlay,
     ipam_range,
+    ipv6_pods_pending,
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -18,6 +18,7 @@ DEFAULTS = {
     "name": "podnet",
     "cniVersion": "1.0.0",
     "nodePrefixLength": 24,
+    "nodePrefixLength6": 64,
     "bridge": "cni0",
     "mtu": 1500,
     "masquerade": True,
@@ -26,6 +27,19 @@ DEFAULTS = {
     "plugin": "podnet",
     "interface": "eth0",
 }
+
+def node_prefix_length(version: int, network: Dict[str, Any], single_stack: bool) -> int:
+    """The node subnet size of one family, as Kubernetes' controller manager does it:
+    `nodePrefixLength` is IPv4's (and IPv6's in an IPv6-only cluster), `nodePrefixLength6`
+    is IPv6's; the defaults are /24 and /64."""
+    if version == 4:
+        return network.get("nodePrefixLength", DEFAULTS["nodePrefixLength"])
+    if "nodePrefixLength6" in network:
+        return network["nodePrefixLength6"]
+    if single_stack and "nodePrefixLength" in network:
+        return network["nodePrefixLength"]
+    return DEFAULTS["nodePrefixLength6"]
+
 
 CNI_VERSIONS = ("0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 
@@ -55,7 +69,7 @@ class Network:
     mtu: int
     masquerade: bool
     routing: str  # "static" | "router"
-    router: Optional[IPAddress]
+    routers: Tuple[IPAddress, ...]  # router mode: one per family, aligned with pools; else ()
     data_dir: str
     plugin: str
     # IPAM range inside every node subnet, as offsets from its network address;
@@ -67,6 +81,15 @@ class Network:
     def pool(self) -> Pool:
         """The primary (first) family's pool."""
         return self.pools[0]
+
+    @property
+    def router(self) -> Optional[IPAddress]:
+        """The primary family's router (router mode), else None."""
+        return self.routers[0] if self.routers else None
+
+    @property
+    def families(self) -> Tuple[int, ...]:
+        return tuple(p.family for p in self.pools)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,20 @@ def _ipv4_network(value: object) -> bool:
     return True
 
 
+@FORMATS.checks("ip-address", raises=ValueError)
+def _ip_address(value: object) -> bool:
+    if isinstance(value, str):
+        ipaddress.ip_address(value)
+    return True
+
+
+@FORMATS.checks("ip-network", raises=ValueError)
+def _ip_network(value: object) -> bool:
+    if isinstance(value, str):
+        ipaddress.ip_network(value, strict=False)
+    return True
+
+
 @FORMATS.checks("ipv6-network", raises=ValueError)
 def _ipv6_network(value: object) -> bool:
     if isinstance(value, str):
@@ -74,10 +88,35 @@ def validator() -> Draft202012Validator:
 _PRIORITY = {"type": 0, "enum": 1, "format": 2, "maxLength": 3, "minLength": 3, "pattern": 4}
 
 
+def _local_ref(ref: str) -> Dict[str, Any]:
+    """Resolves a '#/$defs/NAME' reference inside our own schema."""
+    node: Any = schema()
+    for part in ref.lstrip("#/").split("/"):
+        node = node[part]
+    return node
+
+
+def _branch(error: ValidationError) -> list:
+    """For a value that matched no branch of an anyOf (one value or a list of them):
+    the errors of the branch of the value's own kind, or the anyOf error itself."""
+    kind = "array" if isinstance(error.instance, list) else "string" if isinstance(error.instance, str) else None
+    by_branch: Dict[int, list] = {}
+    for sub in error.context or ():
+        by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+    for index, branch in enumerate(error.validator_value):
+        target = _local_ref(branch["$ref"]) if "$ref" in branch else branch
+        if target.get("type") == kind and index in by_branch:
+            return by_branch[index]
+    return [error]
+
+
 def check(doc: Document) -> Iterator[Diagnostic]:
     best: Dict[tuple, ValidationError] = {}
     rest = []
+    errors = []
     for error in validator().iter_errors(doc.data):
+        errors += _branch(error) if error.validator == "anyOf" else [error]
+    for error in errors:
         if error.validator in _PRIORITY:
             key = tuple(error.absolute_path)
             if key not in best or _PRIORITY[error.validator] < _PRIORITY[best[key].validator]:
@@ -143,7 +182,11 @@ def _message(error: ValidationError) -> str:
     if kind == "minItems":
         return f"needs at least {value} item{'s' if value != 1 else ''}"
     if kind == "maxItems":
-        return f"has more than {value} items"
+        return f"has more than {value} items" + ("; give one per address family" if value == 2 else "")
+    if kind == "anyOf":
+        what = error.schema.get("description", "another value").rstrip(".")
+        got = "null" if inst is None else f"{_json_type(inst)} {shown}"
+        return f"expected {what[0].lower()}{what[1:]}, got {got}"
     return error.message
 
 
@@ -152,6 +195,8 @@ _FORMAT_NAMES = {
     "ipv6": "IPv6 address",
     "ipv4-network": "IPv4 CIDR (like 10.244.0.0/16)",
     "ipv6-network": "IPv6 CIDR (like fd00:10:244::/56)",
+    "ip-address": "IP address (like 192.168.1.2 or fd00::2)",
+    "ip-network": "CIDR (like 10.244.0.0/16 or fd00:10:244::/56)",
 }
 
 
@@ -160,8 +205,8 @@ def _pattern_hint(error: ValidationError) -> str:
         "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$": "a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)",
         "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$": "an interface name (1-15 of A-Z a-z 0-9 . _ -)",
         "^[a-z0-9][a-z0-9._-]{0,62}$": "lowercase letters, digits, '.', '_' and '-', starting with a letter or digit, at most 63",
-        "^[0-9]{1,3}(\\.[0-9]{1,3}){3}$": "an IPv4 address (like 192.168.1.2)",
-        "^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$": "an IPv4 CIDR (like 10.244.0.0/16)",
+        "^[0-9A-Fa-f:.]+$": "an IP address (like 192.168.1.2 or fd00::2)",
+        "^[0-9A-Fa-f:.]+/[0-9]{1,3}$": "a CIDR (like 10.244.0.0/16 or fd00:10:244::/56)",
         "^/[A-Za-z0-9._/-]*$": "an absolute path of A-Z a-z 0-9 . _ / -",
     }
     hint = ref_names.get(error.validator_value)

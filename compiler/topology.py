@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from compiler import checks, schema
 from compiler.allocate import PoolExhausted, allocate
 from compiler.diagnostics import InputError
 from compiler.load import Document, load_file
-from compiler.model import DEFAULTS, Network, Node, Pool, Topology
+from compiler.model import DEFAULTS, IPNetwork, Network, Node, Pool, Topology, node_prefix_length
 
 
 def load_topology(filename: str) -> Topology:
@@ -33,25 +33,44 @@ def _dedupe(problems):
     return out
 
 
+def _as_list(value: Any) -> List[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _by_family(values: List[Any], families: List[int]) -> Tuple[Any, ...]:
+    """Orders one-per-family values like the pools (checks guarantee one per family)."""
+    found = {v.version: v for v in values}
+    return tuple(found[f] for f in families)
+
+
 def canonicalise(doc: Document) -> Topology:
-    """Valid data -> model, with every default filled and every subnet allocated."""
+    """Valid data -> model, with every default filled and every subnet allocated.
+    Families keep the order of network.podCIDR (the first is the primary)."""
     net: Dict[str, Any] = {**DEFAULTS, **doc.data["network"]}
-    pool = Pool(ipaddress.ip_network(net["podCIDR"]), net["nodePrefixLength"])
+    cidrs = [ipaddress.ip_network(c) for c in _as_list(net["podCIDR"])]
+    single = len(cidrs) == 1
+    pools = tuple(Pool(c, node_prefix_length(c.version, doc.data["network"], single)) for c in cidrs)
+    families = [p.family for p in pools]
     raw_nodes: List[Dict[str, Any]] = doc.data["nodes"]
-    pinned = [ipaddress.ip_network(n["podCIDR"]) if "podCIDR" in n else None for n in raw_nodes]
-    try:
-        subnets = allocate(pool, pinned)
-    except PoolExhausted as e:  # checks.capacity makes this unreachable; kept as a guard
-        raise InputError(doc.filename, [doc.at(("nodes", e.index), f"nodes[{e.index}]: no free /{pool.node_prefix} left in {pool.cidr}")])
+    per_family: List[List[IPNetwork]] = []
+    pinned_flags: List[List[bool]] = []
+    for pool in pools:
+        pinned = [_pinned(n, pool.family) for n in raw_nodes]
+        try:
+            per_family.append(allocate(pool, pinned))
+        except PoolExhausted as e:  # checks.capacity makes this unreachable; kept as a guard
+            raise InputError(doc.filename, [doc.at(("nodes", e.index), f"nodes[{e.index}]: no free /{pool.node_prefix} left in {pool.cidr}")])
+        pinned_flags.append([p is not None for p in pinned])
+    routers = net.get("router") if net["routing"] == "router" else None
     network = Network(
         name=net["name"],
         cni_version=net["cniVersion"],
-        pools=(pool,),
+        pools=pools,
         bridge=net["bridge"],
         mtu=net["mtu"],
         masquerade=net["masquerade"],
         routing=net["routing"],
-        router=ipaddress.ip_address(net["router"]) if "router" in net else None,
+        routers=_by_family([ipaddress.ip_address(r) for r in _as_list(routers)], families) if routers else (),
         data_dir=net["dataDir"],
         plugin=net["plugin"],
         range_start=net.get("rangeStart"),
@@ -60,11 +79,19 @@ def canonicalise(doc: Document) -> Topology:
     nodes = tuple(
         Node(
             name=n["name"],
-            addresses=(ipaddress.ip_address(n["address"]),),
+            addresses=_by_family([ipaddress.ip_address(a) for a in _as_list(n["address"])], families),
             interface=n.get("interface", DEFAULTS["interface"]),
-            subnets=(subnet,),
-            pinned=(pin is not None,),
+            subnets=tuple(per_family[k][i] for k in range(len(pools))),
+            pinned=tuple(pinned_flags[k][i] for k in range(len(pools))),
         )
-        for n, subnet, pin in zip(raw_nodes, subnets, pinned)
+        for i, n in enumerate(raw_nodes)
     )
     return Topology(source=doc.filename, network=network, nodes=nodes)
+
+
+def _pinned(node: Dict[str, Any], family: int) -> Optional[IPNetwork]:
+    for c in _as_list(node.get("podCIDR", [])):
+        net = ipaddress.ip_network(c)
+        if net.version == family:
+            return net
+    return None

@@ -702,7 +702,8 @@ def run(topology: str, pods_per_node: int = 2, keep: bool = False, max_pairs: in
         try:
             if keep and not interrupted:
                 script = cluster.write_cleanup_script()
-                progress.say(f"kept: {len(set(cluster.created_ns))} namespaces named {cluster.prefix}*, files in {workdir}; remove them with: sh {script}")
+                # said even with --quiet: it is the only way to learn how to remove them
+                print(f"podnet verify: kept {len(set(cluster.created_ns))} namespaces named {cluster.prefix}* and the files in {workdir}; remove them with: sh {script}", file=sys.stderr)
             else:
                 progress.say("removing every namespace of this run")
                 cluster.teardown()

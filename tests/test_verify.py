@@ -313,3 +313,51 @@ def test_sigterm_removes_everything(tmp_path):
     assert "podnet verify: interrupted" in err
     assert no_namespaces_left(f"pv-{token}-")
     assert not os.path.exists(workdir)
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.parametrize("version", ["0.2.0", "0.4.0"])
+def test_verify_older_cni_versions(tmp_path, podnet_plugin, capsys, version):
+    """0.2.0: a .conf and `ip4` results, no CHECK; 0.4.0: a conflist with CHECK and prevResult."""
+    text = (REPO / "examples/cluster.yaml").read_text().replace('cniVersion: "1.0.0"', f'cniVersion: "{version}"')
+    ok, cluster = run_verify(write_topology(tmp_path, text), pods_per_node=2)
+    out = capsys.readouterr().out
+    assert ok, out
+    assert f"CNI {version}" in out and cluster.report.pairs_ok == 30
+    assert re.search(r"^node1 .* 2/2 +ok +" + ("-" if version == "0.2.0" else "ok") + " ", out, re.M), out
+
+
+@needs_root
+@pytest.mark.netns
+def test_leaks_are_found(podnet_plugin, capsys):
+    """A lease and a veth the plugin does not know about are reported as leaks."""
+
+    def plant(cluster):
+        m = cluster.nodes[0]
+        store = cluster.lease_dir(m)
+        store.mkdir(parents=True, exist_ok=True)
+        (store / "10.244.1.200").write_text("someone-else\r\neth0")
+        subprocess.run(["ip", "-n", m.netns, "link", "add", "vleak0", "type", "veth", "peer", "name", "vleak1"], check=True)
+
+    ok, cluster = run_verify(EXAMPLE, pods_per_node=1, after_routes=plant)
+    assert not ok
+    assert cluster.report.failing_pairs == []
+    assert sorted(cluster.report.problems) == [
+        "node1: leaked lease 10.244.1.200 left in /var/lib/cni/networks/podnet",
+        "node1: leaked veth vleak0 left on the node",
+        "node1: leaked veth vleak1 left on the node",
+    ]
+
+
+@needs_root
+@pytest.mark.netns
+def test_keep_leaves_the_cluster_and_says_how_to_remove_it(podnet_plugin, capsys):
+    ok, cluster = verify.run(EXAMPLE, pods_per_node=1, keep=True, quiet=True)
+    try:
+        assert ok
+        pod = cluster.nodes[0].pods[0]
+        assert subprocess.run(["ip", "-n", pod.netns, "-4", "-o", "addr", "show", "dev", "eth0"], capture_output=True, text=True).stdout.split()[3] == pod.address + "/24"
+    finally:
+        subprocess.run(["sh", str(cluster.workdir / "cleanup.sh")], check=True)
+    assert no_namespaces_left(cluster.prefix) and not cluster.workdir.exists()
