@@ -34,16 +34,20 @@ import (
 
 // recordingExec is libcni's default plugin executor that also keeps every
 // plugin's raw stdout, so tests can compare the exact shape plugins print.
+// Safe for the concurrent calls of the *-parallel commands.
 type recordingExec struct {
 	invoke.RawExec
 	version.PluginDecoder
+	mu  sync.Mutex
 	raw []json.RawMessage
 }
 
 func (e *recordingExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
 	out, err := e.RawExec.ExecPlugin(ctx, path, stdin, environ)
 	if err == nil && json.Valid(out) {
+		e.mu.Lock()
 		e.raw = append(e.raw, json.RawMessage(out))
+		e.mu.Unlock()
 	}
 	return out, err
 }
