@@ -202,3 +202,32 @@ def test_masquerade_state_never_piles_up_or_leaks(netns, tmp_path):
         assert node.leases() == {}
     assert container_nat(pn, pods["pn"]) == [], "podnet left per-container NAT state"
     assert [r for r in pn.nat_rules() if r.startswith("-A")] == masq, "podnet's one per-node rule stays, once"
+
+
+def test_failing_adds_behave_like_reference(netns, tmp_path):
+    """ADDs that must fail, on both plugins: the same (container, ifname) again
+    (the interface exists) fails and leaves the live attachment intact: lease,
+    kernel state and CHECK; an ADD into a netns that does not exist fails and
+    takes nothing."""
+    ref, pn = make_pair(netns, tmp_path, "1.0.0")
+    found: list = []
+    outcome = {}
+    for tag, node in (("reference", ref), ("podnet", pn)):
+        pod = Pod(netns.add(f"{tag[:3]}pod", lo_up=False))
+        assert node.attach(pod).rc == 0
+        leases, facts = node.leases(), pod_facts(pod)
+        again = node.driver("add", pod)
+        missing = node.driver("add", Pod(f"{netns.prefix}missing-{tag}"))
+        outcome[tag] = {
+            "again fails": again.rc != 0,
+            "lease kept": node.leases() == leases,
+            "pod unchanged": pod_facts(pod) == facts,
+            "check passes": node.driver("check", pod).rc == 0,
+            "missing netns fails": missing.rc != 0,
+            "nothing taken": node.leases() == leases,
+        }
+        assert node.detach(pod).rc == 0
+        assert node.leases() == {}
+    assert all(outcome["reference"].values()), f"the reference does not behave as expected: harness problem: {outcome}"
+    compare("failing ADDs", outcome["reference"], outcome["podnet"], found)
+    assert not found, "\n".join(found)
