@@ -340,3 +340,18 @@ def test_status_names_what_is_missing(missing, named, netns, tmp_path):
     node = PluginNode(netns, tmp_path, version="1.1.0")
     done = node.cni("STATUS", env={"PATH": path_without(tmp_path, *missing)})
     assert done.rc == 1 and done.json["code"] == 50 and named in done.json["msg"], done
+
+
+@pytest.mark.parametrize("ifname", ["help", "up", "dev", "name", "-x", "a;b$(c)", "net1.100"])
+def test_interface_names_that_are_ip_keywords_or_odd(ifname, netns, tmp_path):
+    """Valid interface names that `ip` could read as keywords or options work:
+    every batch line names interfaces after `dev` or `name`."""
+    node = PluginNode(netns, tmp_path)
+    pod = node.new_pod()
+    pod.ifname = ifname
+    added = node.cni("ADD", pod)
+    assert added.rc == 0, added
+    assert added.json["interfaces"][2]["name"] == ifname and ifname in node.link_names(pod.ns)
+    assert node.cni("CHECK", pod, conf=node.with_prev(added.json)).rc == 0
+    assert node.cni("DEL", pod).rc == 0
+    assert_clean(node, pod)
