@@ -1214,12 +1214,12 @@ veth_name() {
 # One `ip -batch`; when its first line fails nothing was created, and add_veth_refused
 # finds out why (the bridge is created there on the node's first ADD) and may retry.
 add_veth() {
-	av_batch="link add $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
-link set $VETH alias $ALIAS"
+	av_batch="link add name $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
+link set dev $VETH alias $ALIAS"
 	for av_addr in $BRIDGE_ADDRS; do
 		av_batch="$av_batch${NL}addr replace $av_addr dev $BRIDGE"
 	done
-	av_batch="$av_batch${NL}link set $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
+	av_batch="$av_batch${NL}link set dev $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
 	if ! av_out=$("$IP" -o -batch - 2>&1 <<EOF
 $av_batch
 EOF
@@ -1284,7 +1284,7 @@ add_veth_refused() {
 # IPv6 multicast listeners appear on the ports). A concurrent ADD may create it first,
 # which is fine. Its address and up state are applied by add_veth's batch.
 add_bridge() {
-	if ! ab_out=$("$IP" link add "$BRIDGE" address "$BRIDGE_MAC_FIXED" mtu "$MTU" type bridge mcast_snooping 0 2>&1); then
+	if ! ab_out=$("$IP" link add name "$BRIDGE" address "$BRIDGE_MAC_FIXED" mtu "$MTU" type bridge mcast_snooping 0 2>&1); then
 		"$IP" link show dev "$BRIDGE" >/dev/null 2>&1 || fail "$E_FAILED" "cannot create the bridge $BRIDGE" "$ab_out"
 	fi
 }
@@ -1367,12 +1367,12 @@ add_pod_side() {
 	done <<EOF
 $LEASES
 EOF
-	aps_batch="${aps_batch}link set $IFNAME up$NL"
+	aps_batch="${aps_batch}link set dev $IFNAME up$NL"
 	for aps_dst in $POD_ROUTES; do
 		gateway_for "$aps_dst"
 		[ -z "$GATEWAY" ] || aps_batch="${aps_batch}route add $aps_dst via $GATEWAY dev $IFNAME$NL"
 	done
-	aps_batch="${aps_batch}link set lo up${NL}link show dev $IFNAME"
+	aps_batch="${aps_batch}link set dev lo up${NL}link show dev $IFNAME"
 	aps_out=$("$IP" -o -n "$NS_REF" -batch - 2>&1 <<EOF
 $aps_batch
 EOF
@@ -1438,7 +1438,7 @@ add_rollback() {
 	fi
 	if [ "$ADD_VETH" = 1 ]; then
 		ADD_VETH=0
-		"$IP" link del "$VETH" >/dev/null 2>&1 || say "rollback: could not remove $VETH; DEL the attachment"
+		"$IP" link del dev "$VETH" >/dev/null 2>&1 || say "rollback: could not remove $VETH; DEL the attachment"
 	fi
 }
 
@@ -1528,14 +1528,14 @@ cmd_del() {
 # took the pair along.
 del_links() {
 	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" -batch - 2>/dev/null <<EOF; then
-link del $IFNAME
-link set lo down
+link del dev $IFNAME
+link set dev lo down
 EOF
 		return 0
 	fi
 	veth_name
 	if veth_is_ours; then
-		"$IP" link del "$VETH" 2>/dev/null || say "could not remove $VETH"
+		"$IP" link del dev "$VETH" 2>/dev/null || say "could not remove $VETH"
 	fi
 }
 
@@ -1582,7 +1582,7 @@ gc_links() {
 		esac
 		gl_name=${gl_line#*: }
 		gl_name=${gl_name%%[@:]*}
-		valid_ifname "$gl_name" && gl_batch="${gl_batch}link del $gl_name$NL"
+		valid_ifname "$gl_name" && gl_batch="${gl_batch}link del dev $gl_name$NL"
 	done <<EOF
 $gl_ports
 EOF
@@ -1704,7 +1704,8 @@ EOF
 
 # check_pod: inside the pod: IFNAME exists, is up, has the MTU, every expected
 # address and every expected route (one `ip -batch`; `addr show` first, as a
-# `link show` before it in one batch makes it print links only).
+# `link show` before it in one batch makes it print links only; IPv6 routes, which
+# a batch line cannot ask for, need a second `ip` when any is expected).
 check_pod() {
 	if ! cp_out=$("$IP" -n "$NS_REF" -batch - 2>&1 <<EOF
 addr show dev $IFNAME
@@ -1731,6 +1732,9 @@ EOF
 	done <<EOF
 $EXPECT_ADDRS
 EOF
+	case $EXPECT_ROUTES in
+	*:*) cp_out="$cp_out$NL$("$IP" -6 -n "$NS_REF" route show 2>/dev/null)" ;;
+	esac
 	check_routes "$cp_out"
 }
 
