@@ -1597,8 +1597,9 @@ EOF
 
 cmd_status() {
 	command -v awk >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "awk is not installed" "install an awk (mawk, gawk or busybox)"
-	if ! command -v flock >/dev/null 2>&1 && ! command -v python3 >/dev/null 2>&1; then
-		fail "$E_UNAVAILABLE" "neither flock nor python3 is installed" "install util-linux (flock) or python3"
+	if ! command -v flock >/dev/null 2>&1; then
+		command -v python3 >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "neither flock nor python3 is installed" "install util-linux (flock) or python3"
+		[ -f "${0%/*}/podnet-ipam.py" ] || fail "$E_UNAVAILABLE" "flock is missing and podnet-ipam.py is not beside the plugin" "install util-linux, or podnet-ipam.py into ${0%/*}"
 	fi
 	if [ "$MASQUERADE" = 1 ] && ! command -v iptables >/dev/null 2>&1; then
 		fail "$E_UNAVAILABLE" "iptables is not installed, and masquerade is on" "install iptables"
