@@ -21,10 +21,10 @@ import difflib
 import io
 import os
 import re
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.util import load_yaml_guess_indent
 
 from compiler.diagnostics import Diagnostic, InputError
@@ -33,12 +33,13 @@ from compiler.write import replace_file
 
 KEY = "podCIDR"
 AFTER = ("interface", "address")  # the inserted key follows the first of these present
+Value = Union[str, List[str]]  # a node's pinned podCIDR: one subnet, or one per family
 
 
 def pin_subnets(path: str, topo: Topology) -> int:
     """Pins each allocated (not pinned) node subnet of `topo` into the file at
     `path`; returns how many were pinned. Writes nothing when there is none."""
-    todo = {n.name: str(n.subnet) for n in topo.nodes if not all(n.pinned)}
+    todo = {n.name: pin_value(n) for n in topo.nodes if not all(n.pinned)}
     if not todo:
         return 0
     with open(path, encoding="utf-8", newline="") as f:
@@ -48,14 +49,26 @@ def pin_subnets(path: str, topo: Topology) -> int:
     return len(todo)
 
 
-def pinned_text(path: str, text: str, todo: Dict[str, str]) -> str:
-    """`text` with `podCIDR: SUBNET` added to each node named in `todo`."""
+def pin_value(node) -> Value:
+    """What `podCIDR` says once pinned: the subnet, or one per family (a list, in
+    network.podCIDR's order) in a dual-stack cluster."""
+    subnets = [str(s) for s in node.subnets]
+    return subnets[0] if len(subnets) == 1 else subnets
+
+
+def pinned_text(path: str, text: str, todo: Dict[str, Value]) -> str:
+    """`text` with `podCIDR: VALUE` added to (or, where only some families were
+    pinned, completed on) each node named in `todo`."""
     yaml = _round_trip(text)
     data = yaml.load(text)
     nodes = data["nodes"]
     for node in nodes:
-        if isinstance(node, CommentedMap) and node.get("name") in todo and KEY not in node:
-            _insert(node, todo[node["name"]])
+        if isinstance(node, CommentedMap) and node.get("name") in todo:
+            value = _yaml_value(todo[node["name"]])
+            if KEY in node:
+                node[KEY] = value  # a dual-stack node with one family pinned
+            else:
+                _insert(node, value)
     buf = io.StringIO()
     yaml.dump(data, buf)
     new_text = buf.getvalue()
@@ -77,7 +90,7 @@ def pinned_text(path: str, text: str, todo: Dict[str, str]) -> str:
     return new_text
 
 
-def _insert_lines(text: str, nodes: list, todo: Dict[str, str]):
+def _insert_lines(text: str, nodes: list, todo: Dict[str, Value]):
     """The file's lines with `podCIDR: SUBNET` after each unpinned node's `interface`
     or `address` line, at that key's column; None when a node is in flow style."""
     lines = text.splitlines(keepends=True)
@@ -92,7 +105,7 @@ def _insert_lines(text: str, nodes: list, todo: Dict[str, str]):
         line, col = node.lc.key(prev)
         if line + 1 > len(lines) or KEY in node:
             return None
-        inserts.append((line + 1, " " * col + f"{KEY}: {todo[node['name']]}{newline}"))
+        inserts.append((line + 1, " " * col + f"{KEY}: {_plain(todo[node['name']])}{newline}"))
     for at, new in sorted(inserts, reverse=True):
         if at == len(lines) and not lines[-1].endswith("\n"):
             lines[-1] += newline
@@ -125,11 +138,11 @@ def _mapping_indent(text: str) -> int:
     return 2
 
 
-def _insert(node: CommentedMap, subnet: str) -> None:
+def _insert(node: CommentedMap, value) -> None:
     keys = list(node.keys())
     prev = next((k for k in AFTER if k in node), keys[-1])
     pos = keys.index(prev) + 1
-    node.insert(pos, KEY, subnet)
+    node.insert(pos, KEY, value)
     _move_following_comments(node, prev)
 
 
@@ -157,7 +170,7 @@ def _move_following_comments(node: CommentedMap, prev: str) -> None:
     items[KEY] = [None, None, moved, None]
 
 
-def _verify(path: str, old: str, new: str, todo: Dict[str, str]) -> None:
+def _verify(path: str, old: str, new: str, todo: Dict[str, Value]) -> None:
     """Refuses a result that changed anything but the pinned lines."""
     problems: List[Tuple[int, str]] = []
     check = YAML(typ="safe", pure=True).load(new)
@@ -165,24 +178,52 @@ def _verify(path: str, old: str, new: str, todo: Dict[str, str]) -> None:
         if isinstance(raw, dict) and raw.get("name") in todo and raw.get(KEY) != todo[raw["name"]]:
             problems.append((1, f"node {raw['name']}: pinning failed"))
     old_lines, new_lines = old.splitlines(), new.splitlines()
-    pinned = {f"{KEY}: {s}" for s in todo.values()}
+    values = list(todo.values())
     matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
     for op, a1, a2, b1, b2 in matcher.get_opcodes():
         if op == "equal":
             continue
-        if op == "insert" and all(line.strip() in pinned for line in new_lines[b1:b2]):
+        if op == "insert" and all(_gained_pin(None, n, values) for n in new_lines[b1:b2]):
             continue
-        if op == "replace" and a2 - a1 == b2 - b1 and all(_flow_pin(o, n, pinned) for o, n in zip(old_lines[a1:a2], new_lines[b1:b2])):
+        if op == "replace" and a2 - a1 == b2 - b1 and all(_gained_pin(o, n, values) for o, n in zip(old_lines[a1:a2], new_lines[b1:b2])):
             continue
         problems.append((a1 + 1, f"pinning would also change line {a1 + 1} ({(old_lines[a1:a2] or [''])[0].strip()!r})"))
     if problems:
-        hints = "; ".join(f"{name}: {KEY}: {subnet}" for name, subnet in sorted(todo.items()))
+        hints = "; ".join(f"{name}: {KEY}: {_plain(value)}" for name, value in sorted(todo.items()))
         raise InputError(path, [Diagnostic(line, 1, f"{msg}; the file is unchanged: add these lines by hand instead ({hints})") for line, msg in problems[:1]])
 
 
-def _flow_pin(old: str, new: str, pinned: set) -> bool:
-    """A flow-style node line that only gained `, podCIDR: X` before its brace."""
-    for p in pinned:
-        if new.replace(f", {p}", "", 1) == old:
-            return True
-    return False
+def _gained_pin(old: Optional[str], new: str, values: List[Value]) -> bool:
+    """Whether line `new` is line `old` (None: no line) plus a pinned `podCIDR`: a new
+    `podCIDR: X` line, a flow-style node `{..., podCIDR: X}`, or a dual-stack node's
+    `podCIDR` line completed. Compared as YAML, not as text."""
+    before, after = _load_line(old) if old is not None else {}, _load_line(new)
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return False
+    rest_before = {k: v for k, v in before.items() if k != KEY}
+    rest_after = {k: v for k, v in after.items() if k != KEY}
+    return rest_before == rest_after and KEY in after and after[KEY] != before.get(KEY) and after[KEY] in values
+
+
+def _load_line(line: str) -> Any:
+    """One line as YAML (a list item's `- ` dropped), or None when it is not valid alone."""
+    text = line.strip()
+    if text.startswith("- "):
+        text = text[2:]
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except Exception:  # noqa: BLE001 - any YAML error means "not a pinned line"
+        return None
+
+
+def _yaml_value(value: Value) -> Any:
+    """A list is written in flow style, on the key's line: `podCIDR: [A, B]`."""
+    if isinstance(value, str):
+        return value
+    seq = CommentedSeq(value)
+    seq.fa.set_flow_style()
+    return seq
+
+
+def _plain(value: Value) -> str:
+    return value if isinstance(value, str) else "[" + ", ".join(value) + "]"

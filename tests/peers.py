@@ -359,11 +359,11 @@ def node_facts(node: CniNode, bridge: str) -> Dict[str, Any]:
     }
 
 
-def ping(src: Pod, address: str) -> subprocess.CompletedProcess:
-    """One echo reply within 10 s (iputils ping resends each second until then),
-    so a first packet lost to neighbour discovery, or a ping starved on a
-    heavily loaded CI machine, is not a failure; no reply at all is."""
-    return sh(["ip", "netns", "exec", src.ns, "ping", "-n", "-c", "1", "-w", "10", address], check=False)
+def ping(src: Pod, address: str, deadline: int = 10) -> subprocess.CompletedProcess:
+    """One echo reply within `deadline` s (iputils ping resends each second
+    until then), so a first packet lost to neighbour discovery, or a ping
+    starved on a heavily loaded CI machine, is not a failure; no reply is."""
+    return sh(["ip", "netns", "exec", src.ns, "ping", "-n", "-c", "1", "-w", str(deadline), address], check=False)
 
 
 def arp_table_fulls() -> int:
@@ -376,7 +376,7 @@ def arp_table_fulls() -> int:
     return sum(int(line.split()[column], 16) for line in lines[1:] if line.strip())
 
 
-def reach(src: Pod, address: str, hop_ns: str, hop_dev: str, hop_addr: str = "") -> subprocess.CompletedProcess:
+def reach(src: Pod, address: str, hop_ns: str, hop_dev: str, hop_addr: str = "", deadline: int = 10) -> subprocess.CompletedProcess:
     """Pings `address` from `src`; the first hop is `hop_addr` (default: the
     address itself) on `hop_dev` in `hop_ns`. When that fails while the
     machine's ARP table overflowed, resolution could not work at all: the two
@@ -384,13 +384,13 @@ def reach(src: Pod, address: str, hop_ns: str, hop_dev: str, hop_addr: str = "")
     exempt from the limit) with the interfaces' real MACs and the ping is
     repeated, so the path the plugin built is still what is tested."""
     before = arp_table_fulls()
-    done = ping(src, address)
+    done = ping(src, address, deadline)
     if done.returncode == 0 or arp_table_fulls() == before:
         return done
     src_addr = ipv4_addresses(src.ns, src.ifname)[0][0]
     pin_neighbour(src.ns, src.ifname, hop_addr or address, link(hop_ns, hop_dev)["address"])
     pin_neighbour(hop_ns, hop_dev, src_addr, link(src.ns, src.ifname)["address"])
-    again = ping(src, address)
+    again = ping(src, address, deadline)
     again.stdout = f"(the machine's ARP table overflowed: neighbours pinned)\n{done.stdout}{again.stdout}"
     return again
 

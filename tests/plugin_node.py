@@ -187,3 +187,22 @@ def ping(pod: Pod, address: str) -> bool:
     loaded CI machine a pod's first ARP exchange is occasionally lost)."""
     return sh(["ip", "netns", "exec", pod.ns, "ping", "-n", "-q", "-c", "1", "-w", "10", address], check=False).returncode == 0
 
+
+
+def path_without(tmp: Path, *names: str) -> str:
+    """A PATH with everything of the current PATH but `names`: a directory of
+    symlinks (the node's /usr/bin/python3, not a pyenv shim, when python3 stays)."""
+    import os
+
+    bindir = tmp / f"path-without-{'-'.join(names)}"
+    bindir.mkdir()
+    if "python3" not in names and os.path.exists("/usr/bin/python3"):
+        (bindir / "python3").symlink_to("/usr/bin/python3")
+    for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            target = os.path.join(d, name)
+            if name not in names and not (bindir / name).exists() and os.access(target, os.X_OK):
+                (bindir / name).symlink_to(target)
+    return str(bindir)

@@ -289,3 +289,23 @@ def test_routes_handler_applies_routes_inside_a_node_namespace(cluster: Cluster,
         got = {" ".join(line.split()[:3]) for line in routes.splitlines() if line.startswith("10.244.")}
         assert got == want, (node, routes)
 
+
+
+def test_file_list_follows_the_plan(tmp_path: Path):
+    """A node-side file added to the plan ships without touching the playbook code:
+    helpers (*.py) beside the plugin, anything else beside routes.sh."""
+    from compiler import ansible
+    from compiler.plan import Artifact, plan
+    from compiler.topology import load_topology
+
+    topo = load_topology(str(topology(tmp_path)))
+    planned = [a for a in plan(topo) if not a.path.startswith("ansible/")]
+    extra = [Artifact(f"nodes/{n}/{f}", mode, "template") for n in NODES for f, mode in (("helper.py", 0o755), ("notes.txt", 0o600))]
+    book = next(a for a in ansible.artifacts(topo, planned + extra) if a.path == ansible.PLAYBOOK).data["document"]
+    copies = [item for task in book[0]["tasks"] if "ansible.builtin.copy" in task and "loop" in task for item in task["loop"]]
+    by_dest = {item["dest"]: item for item in copies}
+    assert by_dest["{{ _podnet_bin_dir }}/helper.py"] == {
+        "src": "{{ playbook_dir }}/../nodes/{{ podnet_node }}/helper.py", "dest": "{{ _podnet_bin_dir }}/helper.py", "mode": "0755"}
+    assert by_dest["{{ _podnet_etc_dir }}/notes.txt"]["mode"] == "0600"
+    assert by_dest["{{ _podnet_bin_dir }}/podnet-bridge"]["src"].endswith("/net-setup.sh")
+    assert "{{ _podnet_etc_dir }}/notes.txt" in book[0]["vars"]["_podnet_installed"]

@@ -26,6 +26,8 @@ pods exactly when masquerade is on, with either plugin.
 
 from __future__ import annotations
 
+from typing import Dict
+
 import pytest
 
 from helpers import sh
@@ -33,6 +35,7 @@ from peers import (
     BRIDGE,
     GATEWAY,
     LIBCNI_VERSIONS,
+    SUBNET,
     CniNode,
     Pod,
     compile_topology,
@@ -132,40 +135,123 @@ def test_differential_catches_a_difference(pair, netns):
     assert ref.detach(pod).rc == 0
 
 
+NODE_UNDERLAY = "192.168.1.2"
+OUTSIDE = "192.168.1.100"
+
+
 def add_underlay(netns, node: CniNode, tag: str) -> str:
     """An outside host on the node's underlay (192.168.1.0/24, the node being
     192.168.1.2) with no route back to the pod range: a pod's packets reach it
-    and come back only when the node masquerades them. Returns its address."""
+    and come back only when the node masquerades them. It counts the echo
+    requests it receives per source (iptables rules without a target). Returns
+    its namespace."""
     outside = netns.add(f"{tag}out")
     sh(["ip", "-n", node.ns, "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1", "netns", outside])
-    sh(["ip", "-n", node.ns, "addr", "add", "192.168.1.2/24", "dev", "uplink0"])
+    sh(["ip", "-n", node.ns, "addr", "add", f"{NODE_UNDERLAY}/24", "dev", "uplink0"])
     sh(["ip", "-n", outside, "addr", "add", f"{OUTSIDE}/24", "dev", "uplink1"])
     for ns, dev in ((node.ns, "uplink0"), (outside, "uplink1")):
         sh(["ip", "-n", ns, "link", "set", dev, "up"])
     # The underlay is scaffolding: its neighbours are pinned, so a machine-wide
     # ARP table overflow (see peers.arp_table_fulls) cannot break it.
     pin_neighbour(node.ns, "uplink0", OUTSIDE, link(outside, "uplink1")["address"])
-    pin_neighbour(outside, "uplink1", "192.168.1.2", link(node.ns, "uplink0")["address"])
-    return OUTSIDE
+    pin_neighbour(outside, "uplink1", NODE_UNDERLAY, link(node.ns, "uplink0")["address"])
+    for source in (NODE_UNDERLAY, SUBNET):
+        sh(["ip", "netns", "exec", outside, "iptables", "-A", "INPUT", "-p", "icmp", "--icmp-type", "echo-request", "-s", source])
+    return outside
 
 
-OUTSIDE = "192.168.1.100"
+def echo_sources(outside: str) -> Dict[str, int]:
+    """Echo requests the outside host received, per counting rule's source."""
+    saved = sh(["ip", "netns", "exec", outside, "iptables-save", "-c", "-t", "filter"]).stdout
+    counts = {}
+    for line in saved.splitlines():  # [PACKETS:BYTES] -A INPUT -s SOURCE ...
+        if line.startswith("[") and " -A INPUT " in line:
+            words = line.split()
+            source = words[words.index("-s") + 1]
+            counts[source.removesuffix("/32")] = int(words[0].strip("[]").split(":")[0])
+    return counts
 
 
 @pytest.mark.parametrize("masquerade", [True, False], ids=["masquerade", "no-masquerade"])
 def test_masquerade_behaves_like_reference(masquerade, netns, tmp_path):
-    """Different rules, same effect: with `masquerade` a pod reaches a host
-    outside podCIDR that has no route back to pods (its traffic leaves with the
-    node's address); without it, it does not."""
+    """Different rules, same effect: with `masquerade` a pod's traffic to a host
+    outside podCIDR arrives from the node's address and is answered (that host
+    has no route back to pods); without it, it arrives from the pod's address
+    and is not answered."""
     ref, pn = make_pair(netns, tmp_path, "1.0.0", masquerade=masquerade)
-    reached = {}
+    seen = {}
     for tag, node in (("ref", ref), ("pn", pn)):
         pod = Pod(netns.add(f"{tag}pod", lo_up=False))
         added = node.attach(pod)
         assert added.rc == 0, f"{tag} ADD failed: {added.describe()}"
         outside = add_underlay(netns, node, tag)
-        reached[tag] = reach(pod, outside, node.ns, BRIDGE, GATEWAY).returncode == 0
+        # Without masquerade no reply can come: a short deadline suffices.
+        answered = reach(pod, OUTSIDE, node.ns, BRIDGE, GATEWAY, deadline=10 if masquerade else 2).returncode == 0
+        sources = echo_sources(outside)
+        seen[tag] = {"answered": answered, "from node": sources[NODE_UNDERLAY] > 0, "from pod": sources[SUBNET] > 0}
         assert node.detach(pod).rc == 0
-        if tag == "ref":
-            assert reached["ref"] == masquerade, "the reference does not behave as expected: harness problem"
-    assert reached["pn"] == masquerade, f"podnet: outside host reached = {reached['pn']}, the reference: {reached['ref']}"
+    expected = {"answered": masquerade, "from node": masquerade, "from pod": not masquerade}
+    assert seen["ref"] == expected, f"the reference does not behave as expected: harness problem: {seen}"
+    assert seen["pn"] == expected, f"podnet: {seen['pn']}, the reference: {seen['ref']}"
+
+
+def container_nat(node: CniNode, pods) -> list:
+    """NAT rules and chains naming one of the pods' container IDs."""
+    return [r for r in node.nat_rules() for pod in pods if pod.cid in r]
+
+
+def test_masquerade_state_never_piles_up_or_leaks(netns, tmp_path):
+    """Where podnet does better than the reference: three pods give the
+    reference three per-container NAT chains and podnet its one per-node rule;
+    a DEL that comes after the runtime removed the netns leaks the reference's
+    chain (its bug, not asserted here), while podnet has nothing per container
+    to leak."""
+    ref, pn = make_pair(netns, tmp_path, "1.0.0")
+    pods = {tag: [Pod(netns.add(f"{tag}pod{i}", lo_up=False)) for i in range(3)] for tag in ("ref", "pn")}
+    for tag, node in (("ref", ref), ("pn", pn)):
+        for pod in pods[tag]:
+            assert node.attach(pod).rc == 0
+    jumps = [r for r in container_nat(ref, pods["ref"]) if r.startswith("-A POSTROUTING")]
+    assert len(jumps) == 3, f"the harness does not see the reference's per-container chains: {jumps}"
+    assert container_nat(pn, pods["pn"]) == []
+    masq = [r for r in pn.nat_rules() if r.startswith("-A")]
+    assert masq == [f'-A POSTROUTING -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment "podnet:{pn.name}" -j MASQUERADE'], masq
+
+    for tag, node in (("ref", ref), ("pn", pn)):
+        gone = pods[tag][0]
+        sh(["ip", "netns", "del", gone.ns])
+        netns.created.remove(gone.ns)
+        for pod in pods[tag]:
+            assert node.detach(pod).rc == 0
+        assert node.leases() == {}
+    assert container_nat(pn, pods["pn"]) == [], "podnet left per-container NAT state"
+    assert [r for r in pn.nat_rules() if r.startswith("-A")] == masq, "podnet's one per-node rule stays, once"
+
+
+def test_failing_adds_behave_like_reference(netns, tmp_path):
+    """ADDs that must fail, on both plugins: the same (container, ifname) again
+    (the interface exists) fails and leaves the live attachment intact: lease,
+    kernel state and CHECK; an ADD into a netns that does not exist fails and
+    takes nothing."""
+    ref, pn = make_pair(netns, tmp_path, "1.0.0")
+    found: list = []
+    outcome = {}
+    for tag, node in (("reference", ref), ("podnet", pn)):
+        pod = Pod(netns.add(f"{tag[:3]}pod", lo_up=False))
+        assert node.attach(pod).rc == 0
+        leases, facts = node.leases(), pod_facts(pod)
+        again = node.driver("add", pod)
+        missing = node.driver("add", Pod(f"{netns.prefix}missing-{tag}"))
+        outcome[tag] = {
+            "again fails": again.rc != 0,
+            "lease kept": node.leases() == leases,
+            "pod unchanged": pod_facts(pod) == facts,
+            "check passes": node.driver("check", pod).rc == 0,
+            "missing netns fails": missing.rc != 0,
+            "nothing taken": node.leases() == leases,
+        }
+        assert node.detach(pod).rc == 0
+        assert node.leases() == {}
+    assert all(outcome["reference"].values()), f"the reference does not behave as expected: harness problem: {outcome}"
+    compare("failing ADDs", outcome["reference"], outcome["podnet"], found)
+    assert not found, "\n".join(found)

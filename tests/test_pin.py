@@ -147,3 +147,50 @@ def test_keeps_file_mode_and_follows_symlinks(tmp_path: Path):
     assert pin(link).returncode == 0
     assert link.is_symlink() and "podCIDR: 10.244.0.0/24" in real.read_text()
     assert os.stat(real).st_mode & 0o777 == 0o600
+
+
+DUAL = """\
+network:
+  podCIDR: [10.244.0.0/16, "fd00:10:244::/56"]
+nodes:
+  - name: a
+    address: [192.168.1.2, "fd00:1::2"]
+    podCIDR: 10.244.5.0/24  # IPv4 pinned, IPv6 allocated
+  - name: b
+    address: [192.168.1.3, "fd00:1::3"]
+
+  - {name: c, address: [192.168.1.4, "fd00:1::4"]}
+"""
+
+
+def test_dual_stack_nodes_get_one_subnet_per_family():
+    """In-process: a dual-stack node pins a list, in flow style on one line; a node with
+    one family pinned has its podCIDR line completed."""
+    from compiler.pin import pinned_text
+
+    todo = {
+        "a": ["10.244.5.0/24", "fd00:10:244::/64"],
+        "b": ["10.244.0.0/24", "fd00:10:244:1::/64"],
+        "c": ["10.244.1.0/24", "fd00:10:244:2::/64"],
+    }
+    new = pinned_text("t.yaml", DUAL, todo)
+    assert changes(DUAL, new) == [
+        ("replace", 6, ["    podCIDR: 10.244.5.0/24  # IPv4 pinned, IPv6 allocated"],
+         ["    podCIDR: [10.244.5.0/24, fd00:10:244::/64] # IPv4 pinned, IPv6 allocated"]),
+        ("insert", 8, [], ["    podCIDR: [10.244.0.0/24, fd00:10:244:1::/64]"]),
+        ("replace", 10, ["  - {name: c, address: [192.168.1.4, \"fd00:1::4\"]}"],
+         ["  - {name: c, address: [192.168.1.4, \"fd00:1::4\"], podCIDR: [10.244.1.0/24, fd00:10:244:2::/64]}"]),
+    ]
+
+
+def test_pin_value_is_a_list_only_with_several_families():
+    import ipaddress
+
+    from compiler.model import Node
+    from compiler.pin import pin_value
+
+    one = Node("a", (ipaddress.ip_address("192.168.1.2"),), "eth0", (ipaddress.ip_network("10.244.1.0/24"),), (False,))
+    two = Node("b", (ipaddress.ip_address("192.168.1.3"), ipaddress.ip_address("fd00::3")), "eth0",
+               (ipaddress.ip_network("10.244.2.0/24"), ipaddress.ip_network("fd00:1::/64")), (True, False))
+    assert pin_value(one) == "10.244.1.0/24"
+    assert pin_value(two) == ["10.244.2.0/24", "fd00:1::/64"]

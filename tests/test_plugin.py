@@ -314,3 +314,44 @@ def test_gc_and_status_need_1_1_0(netns, tmp_path):
     for command in ("GC", "STATUS"):
         done = node.cni(command, conf={**node.conf, "cni.dev/valid-attachments": []})
         assert done.rc == 1 and done.json["code"] == 1 and "1.1.0" in done.json["details"], done
+
+
+def test_masquerade_rule_once_without_flock(netns, tmp_path):
+    """Where util-linux flock is missing, the rule's check-and-add is serialised by
+    the Python fallback's flock(2): parallel ADDs on a fresh node add it once."""
+    from plugin_node import path_without
+
+    node = PluginNode(netns, tmp_path)
+    env = {"PATH": path_without(tmp_path, "flock")}
+    pods = [node.new_pod(str(i)) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(lambda p: node.cni("ADD", p, env=env), pods))
+    assert all(a.rc == 0 for a in added), [str(a) for a in added if a.rc]
+    assert len(node.nat_rules()) == 1
+    for pod in pods:
+        assert node.cni("DEL", pod, env=env).rc == 0
+    assert_clean(node, *pods)
+
+
+@pytest.mark.parametrize("missing, named", [(("iptables",), "iptables"), (("flock", "python3"), "flock nor python3")])
+def test_status_names_what_is_missing(missing, named, netns, tmp_path):
+    from plugin_node import path_without
+
+    node = PluginNode(netns, tmp_path, version="1.1.0")
+    done = node.cni("STATUS", env={"PATH": path_without(tmp_path, *missing)})
+    assert done.rc == 1 and done.json["code"] == 50 and named in done.json["msg"], done
+
+
+@pytest.mark.parametrize("ifname", ["help", "up", "dev", "name", "-x", "a;b$(c)", "net1.100"])
+def test_interface_names_that_are_ip_keywords_or_odd(ifname, netns, tmp_path):
+    """Valid interface names that `ip` could read as keywords or options work:
+    every batch line names interfaces after `dev` or `name`."""
+    node = PluginNode(netns, tmp_path)
+    pod = node.new_pod()
+    pod.ifname = ifname
+    added = node.cni("ADD", pod)
+    assert added.rc == 0, added
+    assert added.json["interfaces"][2]["name"] == ifname and ifname in node.link_names(pod.ns)
+    assert node.cni("CHECK", pod, conf=node.with_prev(added.json)).rc == 0
+    assert node.cni("DEL", pod).rc == 0
+    assert_clean(node, pod)

@@ -924,7 +924,6 @@ valid_netns_path() {
 cmd_add() {
 	trap 'fail "$E_AGAIN" "interrupted by a signal" "nothing was left behind; retry ADD"' HUP INT TERM
 	veth_name
-	add_bridge
 	add_veth
 	add_lease
 	add_pod_side
@@ -949,45 +948,36 @@ veth_name() {
 	ALIAS=podnet:$CID/$IFNAME
 }
 
-# add_bridge: the node's bridge exists and is a bridge; created on the first ADD with
-# the MTU, a fixed MAC (else it follows its ports' MACs as pods come and go) and
-# multicast snooping off (with it on, pods were measured losing their first ARP
-# exchanges for a second or two, once IPv6 multicast listeners appear on the ports). A concurrent ADD may create it first, which is fine. Its address and
-# state are (re)applied by add_veth.
-add_bridge() {
-	if ab_out=$("$IP" -d -o link show dev "$BRIDGE" 2>/dev/null); then
-		case $ab_out in
-		*" bridge forward_delay "*) return 0 ;;
-		esac
-		fail "$E_FAILED" "$BRIDGE exists but is not a bridge" "remove that interface, or set another network.bridge in the topology"
-	fi
-	if ! ab_out=$("$IP" link add "$BRIDGE" address "$BRIDGE_MAC_FIXED" mtu "$MTU" type bridge mcast_snooping 0 2>&1); then
-		"$IP" link show dev "$BRIDGE" >/dev/null 2>&1 || fail "$E_FAILED" "cannot create the bridge $BRIDGE" "$ab_out"
-	fi
-}
-
 # add_veth: the veth pair, its peer created directly inside the pod's netns as IFNAME
 # (much faster than moving it), MTU on both ends, the host end on the bridge, up and
 # marked with ALIAS; the bridge's gateway address(es) and up state; reads both MACs.
-# One `ip -batch`. If its first line fails nothing was created.
+# One `ip -batch`; when its first line fails nothing was created, and add_veth_refused
+# finds out why (the bridge is created there on the node's first ADD) and may retry.
 add_veth() {
-	av_batch="link add $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
-link set $VETH alias $ALIAS"
+	av_batch="link add name $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
+link set dev $VETH alias $ALIAS"
 	for av_addr in $BRIDGE_ADDRS; do
 		av_batch="$av_batch${NL}addr replace $av_addr dev $BRIDGE"
 	done
-	av_batch="$av_batch${NL}link set $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
+	av_batch="$av_batch${NL}link set dev $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
 	if ! av_out=$("$IP" -o -batch - 2>&1 <<EOF
 $av_batch
 EOF
 	); then
-		# iproute2 names the failed line. Line 1 created nothing; only a later line
-		# leaves a pair to undo; without the line number, touch nothing.
+		# iproute2 names the failed line: line 1 created nothing, a later one leaves a
+		# pair to undo. An argument it rejects (a missing bridge) stops it before any
+		# line runs, without a line number: then the pair is ours only if it has our alias.
 		case $av_out in
-		*"Command failed -:1"[!0-9]* | *"Command failed -:1") add_veth_refused "$av_out" ;;
+		*"Command failed -:1"[!0-9]* | *"Command failed -:1") ;;
 		*"Command failed -:"[0-9]*) ADD_VETH=1 ;;
+		*) veth_is_ours && ADD_VETH=1 ;;
 		esac
-		fail "$E_FAILED" "cannot set up the host side of $IFNAME" "$av_out"
+		if [ "$ADD_VETH" = 1 ]; then
+			fail "$E_FAILED" "cannot set up the host side of $IFNAME" "$av_out"
+		fi
+		add_veth_refused "$av_out" "${1:-}"
+		add_veth retried
+		return 0
 	fi
 	ADD_VETH=1
 	link_line "$av_out" "$BRIDGE"
@@ -998,15 +988,45 @@ EOF
 	VETH_MAC=$MAC
 }
 
-# add_veth_refused OUTPUT: the pair could not be created (nothing to undo): says why.
+# veth_is_ours: VETH exists and carries this attachment's ALIAS.
+veth_is_ours() {
+	vio_show=$("$IP" -o link show dev "$VETH" 2>/dev/null) || return 1
+	case "$vio_show " in
+	*" alias $ALIAS "*) return 0 ;;
+	esac
+	return 1
+}
+
+# add_veth_refused OUTPUT [retried]: the pair could not be created (nothing to undo).
+# Fails saying why; returns, for one retry, when the bridge was missing (created here)
+# or no cause shows any more (a concurrent ADD created the bridge meanwhile).
 add_veth_refused() {
-	if "$IP" -n "$NS_REF" link show dev "$IFNAME" >/dev/null 2>&1; then
-		fail "$E_FAILED" "interface $IFNAME already exists in $NETNS" "DEL the attachment first, or use another CNI_IFNAME"
+	if avr_show=$("$IP" -d -o link show dev "$BRIDGE" 2>/dev/null); then
+		case $avr_show in
+		*" bridge forward_delay "*) ;;
+		*) fail "$E_FAILED" "$BRIDGE exists but is not a bridge" "remove that interface, or set another network.bridge in the topology" ;;
+		esac
+		if "$IP" -n "$NS_REF" link show dev "$IFNAME" >/dev/null 2>&1; then
+			fail "$E_FAILED" "interface $IFNAME already exists in $NETNS" "DEL the attachment first, or use another CNI_IFNAME"
+		fi
+		if "$IP" link show dev "$VETH" >/dev/null 2>&1; then
+			fail "$E_FAILED" "host interface $VETH already exists" "it belongs to an earlier attachment of $CID/$IFNAME or to another container (hash collision); DEL or remove it"
+		fi
+	else
+		add_bridge
 	fi
-	if "$IP" link show dev "$VETH" >/dev/null 2>&1; then
-		fail "$E_FAILED" "host interface $VETH already exists" "it belongs to an earlier attachment of $CID/$IFNAME or to another container (hash collision); DEL or remove it"
+	[ -z "$2" ] || fail "$E_FAILED" "cannot create the veth pair $VETH/$IFNAME" "$1"
+}
+
+# add_bridge: the node's bridge, created on its first ADD with the MTU, a fixed MAC
+# (else it takes its ports' MACs as pods come and go) and multicast snooping off (with
+# it on, pods were measured losing their first ARP exchanges for a second or two once
+# IPv6 multicast listeners appear on the ports). A concurrent ADD may create it first,
+# which is fine. Its address and up state are applied by add_veth's batch.
+add_bridge() {
+	if ! ab_out=$("$IP" link add name "$BRIDGE" address "$BRIDGE_MAC_FIXED" mtu "$MTU" type bridge mcast_snooping 0 2>&1); then
+		"$IP" link show dev "$BRIDGE" >/dev/null 2>&1 || fail "$E_FAILED" "cannot create the bridge $BRIDGE" "$ab_out"
 	fi
-	fail "$E_FAILED" "cannot create the veth pair $VETH/$IFNAME" "$1"
 }
 
 # link_line OUTPUT NAME: sets LINK_LINE, the line of `ip -o link show` OUTPUT that
@@ -1087,12 +1107,12 @@ add_pod_side() {
 	done <<EOF
 $LEASES
 EOF
-	aps_batch="${aps_batch}link set $IFNAME up$NL"
+	aps_batch="${aps_batch}link set dev $IFNAME up$NL"
 	for aps_dst in $POD_ROUTES; do
 		gateway_for "$aps_dst"
 		[ -z "$GATEWAY" ] || aps_batch="${aps_batch}route add $aps_dst via $GATEWAY dev $IFNAME$NL"
 	done
-	aps_batch="${aps_batch}link set lo up${NL}link show dev $IFNAME"
+	aps_batch="${aps_batch}link set dev lo up${NL}link show dev $IFNAME"
 	aps_out=$("$IP" -o -n "$NS_REF" -batch - 2>&1 <<EOF
 $aps_batch
 EOF
@@ -1158,7 +1178,7 @@ add_rollback() {
 	fi
 	if [ "$ADD_VETH" = 1 ]; then
 		ADD_VETH=0
-		"$IP" link del "$VETH" >/dev/null 2>&1 || say "rollback: could not remove $VETH; DEL the attachment"
+		"$IP" link del dev "$VETH" >/dev/null 2>&1 || say "rollback: could not remove $VETH; DEL the attachment"
 	fi
 }
 
@@ -1248,16 +1268,15 @@ cmd_del() {
 # took the pair along.
 del_links() {
 	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" -batch - 2>/dev/null <<EOF; then
-link del $IFNAME
-link set lo down
+link del dev $IFNAME
+link set dev lo down
 EOF
 		return 0
 	fi
 	veth_name
-	dl_show=$("$IP" -o link show dev "$VETH" 2>/dev/null) || return 0
-	case "$dl_show " in
-	*" alias $ALIAS "*) "$IP" link del "$VETH" 2>/dev/null || say "could not remove $VETH" ;;
-	esac
+	if veth_is_ours; then
+		"$IP" link del dev "$VETH" 2>/dev/null || say "could not remove $VETH"
+	fi
 }
 
 # ---------------------------------------------------------------------------
@@ -1303,7 +1322,7 @@ gc_links() {
 		esac
 		gl_name=${gl_line#*: }
 		gl_name=${gl_name%%[@:]*}
-		valid_ifname "$gl_name" && gl_batch="${gl_batch}link del $gl_name$NL"
+		valid_ifname "$gl_name" && gl_batch="${gl_batch}link del dev $gl_name$NL"
 	done <<EOF
 $gl_ports
 EOF
@@ -1425,7 +1444,8 @@ EOF
 
 # check_pod: inside the pod: IFNAME exists, is up, has the MTU, every expected
 # address and every expected route (one `ip -batch`; `addr show` first, as a
-# `link show` before it in one batch makes it print links only).
+# `link show` before it in one batch makes it print links only; IPv6 routes, which
+# a batch line cannot ask for, need a second `ip` when any is expected).
 check_pod() {
 	if ! cp_out=$("$IP" -n "$NS_REF" -batch - 2>&1 <<EOF
 addr show dev $IFNAME
@@ -1452,6 +1472,9 @@ EOF
 	done <<EOF
 $EXPECT_ADDRS
 EOF
+	case $EXPECT_ROUTES in
+	*:*) cp_out="$cp_out$NL$("$IP" -6 -n "$NS_REF" route show 2>/dev/null)" ;;
+	esac
 	check_routes "$cp_out"
 }
 

@@ -2,6 +2,7 @@
 // use, so tests exercise a plugin exactly as a runtime would.
 //
 //	cnidriver [flags] add|check|del|validate|version CONFIG
+//	cnidriver [flags] -netns P1,P2,.. add-parallel|check-parallel|del-parallel CONFIG
 //
 // CONFIG is a .conflist (run with the *NetworkList calls) or a .conf (run with
 // the single-network calls, as runtimes do for cniVersion < 0.3.0). Output, on
@@ -22,6 +23,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -31,16 +34,20 @@ import (
 
 // recordingExec is libcni's default plugin executor that also keeps every
 // plugin's raw stdout, so tests can compare the exact shape plugins print.
+// Safe for the concurrent calls of the *-parallel commands.
 type recordingExec struct {
 	invoke.RawExec
 	version.PluginDecoder
+	mu  sync.Mutex
 	raw []json.RawMessage
 }
 
 func (e *recordingExec) ExecPlugin(ctx context.Context, path string, stdin []byte, environ []string) ([]byte, error) {
 	out, err := e.RawExec.ExecPlugin(ctx, path, stdin, environ)
 	if err == nil && json.Valid(out) {
+		e.mu.Lock()
 		e.raw = append(e.raw, json.RawMessage(out))
+		e.mu.Unlock()
 	}
 	return out, err
 }
@@ -64,7 +71,13 @@ func main() {
 	}
 	exec := &recordingExec{RawExec: invoke.RawExec{Stderr: os.Stderr}}
 	cni := libcni.NewCNIConfigWithCacheDir(filepath.SplitList(o.path), o.cache, exec)
+	if strings.HasSuffix(flag.Arg(0), "-parallel") {
+		emit(parallel(cni, &o, strings.TrimSuffix(flag.Arg(0), "-parallel"), flag.Arg(1)))
+		return
+	}
+	start := time.Now()
 	result, err := run(cni, &o, flag.Arg(0), flag.Arg(1))
+	elapsed := time.Since(start).Seconds()
 	if err != nil {
 		fail(err)
 	}
@@ -72,7 +85,37 @@ func main() {
 	if raw == nil {
 		raw = []json.RawMessage{}
 	}
-	emit(map[string]interface{}{"result": result, "raw": raw})
+	// seconds: the libcni call alone (plugin executions included), for benchmarks
+	emit(map[string]interface{}{"result": result, "raw": raw, "seconds": elapsed})
+}
+
+// parallel runs COMMAND (add, check, del) at once for every namespace in -netns
+// (comma-separated), container IDs "<-id>-<index>", and reports the wall time of
+// the whole batch and how many calls failed (benchmarks: N ADDs in parallel).
+func parallel(cni *libcni.CNIConfig, o *options, command, config string) map[string]interface{} {
+	paths := strings.Split(o.netns, ",")
+	errs := make([]string, len(paths))
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i, path := range paths {
+		wg.Add(1)
+		go func(i int, path string) {
+			defer wg.Done()
+			one := *o
+			one.netns, one.id = path, fmt.Sprintf("%s-%d", o.id, i)
+			if _, err := run(cni, &one, command, config); err != nil {
+				errs[i] = err.Error()
+			}
+		}(i, path)
+	}
+	wg.Wait()
+	failed := []string{}
+	for _, e := range errs {
+		if e != "" {
+			failed = append(failed, e)
+		}
+	}
+	return map[string]interface{}{"seconds": time.Since(start).Seconds(), "calls": len(paths), "errors": failed}
 }
 
 // run loads CONFIG and performs one command on it.

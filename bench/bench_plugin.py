@@ -1,0 +1,146 @@
+"""Benchmark: podnet's plugin against the reference bridge + host-local, both driven
+through libcni (tests/go/cnidriver), side by side and interleaved, in network
+namespaces this script creates and removes. Prints medians, spreads and ratios;
+asserts nothing.
+
+Figures:
+  * ADD / CHECK / DEL latency of the libcni call (plugin executions included;
+    the driver's own start-up and the namespace wrapper are not counted), with
+    masquerade off and on; the reference's time is bridge + host-local alone (a
+    runtime would also run its loopback plugin, which podnet does itself: not
+    counted, so the comparison favours the reference);
+  * 32 ADDs (then 32 DELs) in parallel: wall time of the batch;
+  * processes started per ADD (execve calls, counted with strace -f).
+
+usage: python bench/bench_plugin.py [--rounds 30] [--parallel 32]   (root; `make driver` first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import Namespaces, have, node_sh  # noqa: E402
+from peers import DRIVER, Pod, compile_topology, driver_available, install_podnet, install_reference, topology_yaml  # noqa: E402
+
+
+def stats(values: List[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    q1, q3 = ms[len(ms) // 4], ms[(3 * len(ms)) // 4]
+    return f"{statistics.median(ms):7.1f} ms (IQR {q1:.1f}-{q3:.1f})"
+
+
+def timed(node, command: str, pod: Pod) -> float:
+    run = node.driver(command, pod)
+    if run.rc != 0 or "seconds" not in run.out:
+        raise SystemExit(f"{command} failed on {node.plugin['type']}: {run.describe()}")
+    return run.out["seconds"]
+
+
+def new_pod(spaces: Namespaces, name: str) -> Pod:
+    return Pod(ns=spaces.add(name))
+
+
+def latency(spaces: Namespaces, nodes: Dict[str, object], rounds: int) -> Dict[str, Dict[str, List[float]]]:
+    """ADD, CHECK, DEL per plugin, alternating which goes first each round."""
+    times = {name: {"ADD": [], "CHECK": [], "DEL": []} for name in nodes}
+    names = list(nodes)
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        pods = {name: new_pod(spaces, f"{name[:3]}{r}") for name in names}
+        for command in ("ADD", "CHECK", "DEL"):
+            for name in order:
+                times[name][command].append(timed(nodes[name], command.lower(), pods[name]))
+        for pod in pods.values():
+            subprocess.run(["ip", "netns", "del", pod.ns], capture_output=True)
+            spaces.created.remove(pod.ns)
+    return times
+
+
+def parallel(spaces: Namespaces, node, count: int, tag: str) -> Dict[str, float]:
+    pods = [new_pod(spaces, f"{tag}{i}") for i in range(count)]
+    out = {}
+    for command in ("add", "del"):
+        env = {"DRV": str(DRIVER), "DRV_PATH": node.cni_path, "DRV_CACHE": str(node.cache), "DRV_CONF": str(node.conf_path),
+               "DRV_NETNS": ",".join(p.path for p in pods), "DRV_CMD": f"{command}-parallel"}
+        done = node.sh('exec "$DRV" -path "$DRV_PATH" -cache "$DRV_CACHE" -netns "$DRV_NETNS" -id par "$DRV_CMD" "$DRV_CONF"', env=env)
+        import json
+
+        result = json.loads(done.stdout)
+        if result["errors"]:
+            raise SystemExit(f"parallel {command} on {node.plugin['type']}: {result['errors'][:3]}")
+        out[command] = result["seconds"]
+    for p in pods:
+        subprocess.run(["ip", "netns", "del", p.ns], capture_output=True)
+        spaces.created.remove(p.ns)
+    return out
+
+
+def forks(spaces: Namespaces, node, tag: str) -> int:
+    """Processes started by one ADD through libcni (the driver's own exec not counted)."""
+    pod = new_pod(spaces, f"{tag}f")
+    trace = node.root / f"strace-{tag}"
+    env = {"DRV": str(DRIVER), "DRV_PATH": node.cni_path, "DRV_CACHE": str(node.cache), "DRV_CONF": str(node.conf_path),
+           "DRV_NETNS": pod.path, "DRV_ID": pod.cid, "TRACE": str(trace)}
+    node.sh('exec strace -f -qq -e trace=execve -o "$TRACE" "$DRV" -path "$DRV_PATH" -cache "$DRV_CACHE" -netns "$DRV_NETNS" -id "$DRV_ID" add "$DRV_CONF"', env=env)
+    execs = sum(1 for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line)
+    node.driver("del", pod)
+    return execs - 1
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--parallel", type=int, default=32)
+    a = p.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench_plugin: needs root (network namespaces)")
+    ok, why = driver_available()
+    if not ok:
+        raise SystemExit(f"bench_plugin: {why}")
+    work = Path(tempfile.mkdtemp(prefix="podnet-bench-"))
+    spaces = Namespaces()
+    try:
+        print(f"# podnet vs reference bridge + host-local through libcni; {a.rounds} rounds, interleaved")
+        ratios = {}
+        for masq in (False, True):
+            (work / f"m{int(masq)}").mkdir()
+            out = compile_topology(work / f"m{int(masq)}", topology_yaml("1.0.0", masquerade=masq))
+            nodes = {
+                "podnet": install_podnet(out, spaces.add(f"pn{int(masq)}"), work / f"pn{int(masq)}"),
+                "reference": install_reference(out, spaces.add(f"rf{int(masq)}"), work / f"rf{int(masq)}"),
+            }
+            for node in nodes.values():  # warm up: the first ADD creates the bridge (and the rule)
+                pod = new_pod(spaces, f"w{node.plugin['type'][:3]}{int(masq)}")
+                timed(node, "add", pod)
+            times = latency(spaces, nodes, a.rounds)
+            label = "masquerade on " if masq else "masquerade off"
+            for command in ("ADD", "CHECK", "DEL"):
+                pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
+                ratios[(masq, command)] = pn / rf
+                print(f"{label} {command:5s} podnet {stats(times['podnet'][command])}  reference {stats(times['reference'][command])}  ratio {pn / rf:.2f}")
+            if masq:
+                for name, node in nodes.items():
+                    print(f"processes started per ADD ({name}): {forks(spaces, node, name[:3])}")
+                par = {name: parallel(spaces, node, a.parallel, f"{name[:2]}p") for name, node in nodes.items()}
+                for command in ("add", "del"):
+                    pn, rf = par["podnet"][command], par["reference"][command]
+                    print(f"{a.parallel} {command.upper()}s in parallel: podnet {pn * 1000:.0f} ms, reference {rf * 1000:.0f} ms, ratio {pn / rf:.2f}")
+    finally:
+        spaces.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
