@@ -343,6 +343,17 @@ def test_status_names_what_is_missing(missing, named, netns, tmp_path):
     assert done.rc == 1 and done.json["code"] == 50 and named in done.json["msg"], done
 
 
+def test_status_needs_the_ipam_fallback_where_flock_is_missing(netns, tmp_path):
+    from plugin_node import path_without
+
+    node = PluginNode(netns, tmp_path, version="1.1.0")
+    env = {"PATH": path_without(tmp_path, "flock")}
+    assert node.cni("STATUS", env=env).rc == 0
+    (node.dir / "podnet-ipam.py").unlink()
+    done = node.cni("STATUS", env=env)
+    assert done.rc == 1 and done.json["code"] == 50 and "podnet-ipam.py" in done.json["msg"], done
+
+
 @pytest.mark.parametrize("ifname", ["help", "up", "dev", "name", "-x", "a;b$(c)", "net1.100"])
 def test_interface_names_that_are_ip_keywords_or_odd(ifname, netns, tmp_path):
     """Valid interface names that `ip` could read as keywords or options work:
