@@ -206,13 +206,15 @@ def ipam_store(topo: Topology) -> str:
 
 def ipam_ranges(topo: Topology, node: Node) -> List[Tuple[IPAddress, IPAddress]]:
     """(first, last) pod address per node subnet: network + rangeStart .. network +
-    rangeEnd, by default host-local's network + 1 .. the address before broadcast.
+    rangeEnd, by default host-local's network + 1 .. the address before broadcast
+    (IPv4) or the subnet's last address (IPv6).
     checks.ipam_range guarantees both lie inside the subnet, first <= last."""
     net = topo.network
     out = []
     for subnet in node.subnets:
         start = net.range_start if net.range_start is not None else 1
-        end = net.range_end if net.range_end is not None else subnet.num_addresses - 2
+        # host-local's default end: IPv4 stops before the broadcast address, IPv6 has none
+        end = net.range_end if net.range_end is not None else subnet.num_addresses - (2 if subnet.version == 4 else 1)
         out.append((subnet.network_address + start, subnet.network_address + end))
     return out
 

@@ -62,3 +62,15 @@ def test_host_local_with_the_compiled_ipam_section_agrees_with_podnet(tmp_path):
             got.append(r.stdout.split()[0])
     assert got == [f"10.244.1.{n}/24" for n in range(10, 15)]
     assert run_ipam("dash", script, store, "ipam_add p9 eth0").returncode == 2
+
+
+def test_ipv6_default_range_ends_at_the_subnets_last_address(tmp_path):
+    """host-local's default: IPv4 stops before broadcast, IPv6 has no broadcast."""
+    import dataclasses
+    import ipaddress
+
+    from compiler.plan import ipam_ranges
+
+    topo, _ = compiled(tmp_path)
+    node = dataclasses.replace(topo.nodes[0], subnets=(ipaddress.ip_network("10.244.1.0/24"), ipaddress.ip_network("fd00:10:244:1::/64")))
+    assert [(str(a), str(b)) for a, b in ipam_ranges(topo, node)] == [("10.244.1.1", "10.244.1.254"), ("fd00:10:244:1::1", "fd00:10:244:1:ffff:ffff:ffff:ffff")]

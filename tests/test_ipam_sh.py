@@ -367,10 +367,89 @@ def test_an_unusable_lock_is_a_plain_failure_never_exhaustion(shell, ipam29, tmp
 
 
 @pytest.mark.parametrize("shell", ["dash", "busybox"])
-@pytest.mark.parametrize("ranges", ["fd00:1::/64,fd00:1::2,fd00:1::ff,fd00:1::1", "10.244.1.0/33,10.244.1.2,10.244.1.6,10.244.1.1", "10.244.1.0/29,10.244.1.2,10.244.1.6", "garbage"])
+@pytest.mark.parametrize("ranges", ["fd00:1::/48,fd00:1::2,fd00:1::ff,fd00:1::1", "fd00:1::/64,fd00:2::2,fd00:1::ff,fd00:1::1", "fd00:1::/64,fd00:1::2,fd00:1::ff", "fd00:1:::/64,fd00:1::2,fd00:1::ff,fd00:1::1", "10.244.1.0/33,10.244.1.2,10.244.1.6,10.244.1.1", "10.244.1.0/29,10.244.1.2,10.244.1.6", "garbage"])
 def test_a_range_set_the_shell_cannot_handle_is_a_named_error(shell, ipam29, tmp_path, ranges):
     store = tmp_path / "store"
     r = call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add c1 eth0")
     assert (r.returncode, r.stdout) == (1, "")
-    assert f"range set '{ranges}' is not IPv4" in r.stderr
+    assert f"range set '{ranges}'" in r.stderr
     assert leases(store) == {}
+
+
+# --- IPv6 range sets (dual-stack): addresses named as host-local names them ---
+
+V6_126 = "fd00:1::/126,fd00:1::1,fd00:1::3,fd00:1::1"
+V6_64 = "fd00:10:244:1::/64,fd00:10:244:1::1,fd00:10:244:1:ffff:ffff:ffff:ffff,fd00:10:244:1::1"
+
+
+def v6_samples():
+    import random
+
+    rng = random.Random(6)
+    out = ["::", "::1", "1::", "fd00:1::2", "2001:db8:0:0:1:0:0:1", "0:0:1:0:0:0:0:1", "1:0:0:2:0:0:0:3", "FD00:0001::0010", "fd00::1:ffff:ffff:ffff:ffff", "1:2:3:4:5:6:7:8", "1:2:3:4:5:6:7::", "0:1:0:1:0:1:0:1"]
+    for _ in range(40):
+        out.append(":".join(rng.choice(["0", "0", "0", "ffff", "a", "1234", "10"]) for _ in range(8)))
+    return out
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_ipv6_text_is_parsed_and_formatted_like_go_and_python(shell, ipam29, tmp_path):
+    import ipaddress
+
+    samples = v6_samples()
+    prog = "; ".join(f"ipam_ip6parse '{a}' && ipam_ip6fmt \"$IPAM_P\" \"$IPAM_H\" \"$IPAM_L\" && echo \"$IPAM_IP\"" for a in samples)
+    r = call(shell, ipam29, tmp_path, prog)
+    assert r.stdout.split() == [str(ipaddress.IPv6Address(a)) for a in samples]
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+@pytest.mark.parametrize("text", ["", ":", ":::", "1::2::3", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "12345::", "g::1", "::ffff:1.2.3.4", ":1::", "1:2:3:4:5:6:7:8::"])
+def test_ip6parse_refuses_what_is_not_an_ipv6_address(shell, ipam29, tmp_path, text):
+    assert call(shell, ipam29, tmp_path, f"ipam_ip6parse '{text}'").returncode == 1
+
+
+def test_ipv6_range_round_robin_and_exhaustion(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    got = [call(shell, ipam29, store, f"IPAM_RANGES='{V6_126}'; ipam_add c{i} eth0") for i in range(3)]
+    assert [g.stdout for g in got[:2]] == ["fd00:1::2/126 fd00:1::1\n", "fd00:1::3/126 fd00:1::1\n"]
+    assert got[2].returncode == 2 and "no free address left in fd00:1::/126" in got[2].stderr
+    assert leases6(store) == {"fd00:1::2": b"c0\r\neth0", "fd00:1::3": b"c1\r\neth0"}
+    assert (store / "last_reserved_ip.0").read_bytes() == b"fd00:1::3"
+    assert call(shell, ipam29, store, f"IPAM_RANGES='{V6_126}'; ipam_get c1 eth0").stdout == "fd00:1::3/126 fd00:1::1\n"
+    assert call(shell, ipam29, store, f"IPAM_RANGES='{V6_126}'; ipam_add c1 eth0").stdout == "fd00:1::3/126 fd00:1::1\n"
+    call(shell, ipam29, store, f"IPAM_RANGES='{V6_126}'; ipam_del c0 eth0")
+    assert call(shell, ipam29, store, f"IPAM_RANGES='{V6_126}'; ipam_add c3 eth0").stdout == "fd00:1::2/126 fd00:1::1\n"
+
+
+@pytest.mark.parametrize("last,expected", [("fd00:10:244:1::ffff:ffff", "fd00:10:244:1:0:1::"), ("fd00:10:244:1:ffff:ffff:ffff:ffff", "fd00:10:244:1::2"), ("fd00:99::5", "fd00:10:244:1::2"), ("junk", "fd00:10:244:1::2")])
+def test_ipv6_last_reserved_carries_and_wraps(shell, ipam29, tmp_path, last, expected):
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "last_reserved_ip.0").write_text(last)
+    r = call(shell, ipam29, store, f"IPAM_RANGES='{V6_64}'; ipam_add c1 eth0")
+    assert (r.returncode, r.stdout) == (0, f"{expected}/64 fd00:10:244:1::1\n")
+
+
+def test_dual_stack_takes_and_releases_one_address_per_family(shell, ipam29, tmp_path):
+    store = tmp_path / "store"
+    ranges = "10.244.1.0/29,10.244.1.1,10.244.1.6,10.244.1.1 " + V6_64
+    r = call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add c1 eth0")
+    assert (r.returncode, r.stdout) == (0, "10.244.1.2/29 10.244.1.1\nfd00:10:244:1::2/64 fd00:10:244:1::1\n")
+    assert (store / "last_reserved_ip.1").read_bytes() == b"fd00:10:244:1::2"
+    assert call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_get c1 eth0").stdout == r.stdout
+    assert call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add c1 eth0").stdout == r.stdout
+    # the IPv6 family full: the IPv4 address this ADD took is given back
+    ranges = "10.244.1.0/29,10.244.1.1,10.244.1.6,10.244.1.1 " + V6_126
+    assert call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add x1 eth0").returncode == 0
+    assert call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add x2 eth0").returncode == 0
+    before = snapshot(store)
+    full = call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add c9 eth0")
+    assert full.returncode == 2
+    assert "no free address left in fd00:1::/126" in full.stderr
+    assert {k: v for k, v in snapshot(store).items() if not k.startswith("last_")} == {k: v for k, v in before.items() if not k.startswith("last_")}
+    call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_del c1 eth0")
+    assert not any(v == b"c1\r\neth0" for v in snapshot(store).values())
+
+
+def leases6(store: Path) -> Dict[str, bytes]:
+    return {k: v for k, v in snapshot(store).items() if ":" in k}

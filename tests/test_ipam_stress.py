@@ -169,3 +169,54 @@ def test_parallel_adds_of_one_pair_share_one_lease(shell, ipam24, tmp_path):
         assert [r.returncode for r in results] == [0] * 16
         assert len({r.stdout for r in results}) == 1
         assert list(leases(store).values()).count(f"same{rnd}\r\neth0".encode()) == 1
+
+
+@pytest.mark.parametrize("shell", ["dash", "dash-noflock"])
+def test_dual_stack_mixed_with_reference_host_local(shell, ipam24, tmp_path):
+    """Two range sets (IPv4 and IPv6), podnet and host-local concurrently on one
+    store: one address per family each, no duplicate, IPv6 files named alike
+    (host-local's ::2 is podnet's ::2), last_reserved_ip.0 and .1 shared."""
+    if not os.path.exists(HOST_LOCAL):
+        pytest.skip("needs containernetworking-plugins")
+    root = tmp_path / "data"
+    store = root / "testnet"
+    netns = tmp_path / "fake-netns"
+    netns.touch()
+    ranges = "10.244.1.0/24,10.244.1.1,10.244.1.254,10.244.1.1 fd00:10:244:1::/120,fd00:10:244:1::1,fd00:10:244:1::ff,fd00:10:244:1::1"
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "testnet",
+        "type": "host-local",
+        "ipam": {
+            "type": "host-local",
+            "dataDir": str(root),
+            "ranges": [[{"subnet": "10.244.1.0/24", "gateway": "10.244.1.1"}], [{"subnet": "fd00:10:244:1::/120", "gateway": "fd00:10:244:1::1"}]],
+        },
+    }
+
+    def hl(command, cid):
+        env = dict(os.environ, CNI_COMMAND=command, CNI_CONTAINERID=cid, CNI_NETNS=str(netns), CNI_IFNAME="eth0", CNI_PATH="/usr/lib/cni")
+        p = subprocess.Popen([HOST_LOCAL], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p.stdin.write(json.dumps(conf))
+        p.stdin.close()
+        p.stdin = None
+        return p
+
+    procs = []
+    for i in range(20):
+        procs.append(start(shell, ipam24, store, f"IPAM_RANGES='{ranges}'; ipam_add p{i} eth0"))
+        procs.append(hl("ADD", f"h{i}"))
+    results = finish(procs)
+    assert [r.returncode for r in results] == [0] * 40, [r.stderr for r in results if r.returncode]
+    owners = {}
+    for r, cid in zip(results, [x for i in range(20) for x in (f"p{i}", f"h{i}")]):
+        addrs = [line.split("/")[0] for line in r.stdout.splitlines()] if cid.startswith("p") else [ip["address"].split("/")[0] for ip in json.loads(r.stdout)["ips"]]
+        assert len(addrs) == 2 and ":" not in addrs[0] and ":" in addrs[1]
+        for a in addrs:
+            assert a not in owners, f"{a} handed to {owners.get(a)} and {cid}"
+            owners[a] = cid
+    files = {p.name: p.read_bytes() for p in store.iterdir() if p.name[0].isdigit() or p.name.startswith("fd")}
+    assert files == {a: f"{cid}\r\neth0".encode() for a, cid in owners.items()}
+    procs = [start(shell, ipam24, store, f"IPAM_RANGES='{ranges}'; ipam_del p{i} eth0") for i in range(20)] + [hl("DEL", f"h{i}") for i in range(20)]
+    assert [r.returncode for r in finish(procs)] == [0] * 40
+    assert sorted(p.name for p in store.iterdir()) == ["last_reserved_ip.0", "last_reserved_ip.1", "lock"]

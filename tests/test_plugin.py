@@ -5,6 +5,7 @@ STATUS; masquerade; DEL idempotency."""
 from __future__ import annotations
 
 import ipaddress
+import os
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -342,6 +343,17 @@ def test_status_names_what_is_missing(missing, named, netns, tmp_path):
     assert done.rc == 1 and done.json["code"] == 50 and named in done.json["msg"], done
 
 
+def test_status_needs_the_ipam_fallback_where_flock_is_missing(netns, tmp_path):
+    from plugin_node import path_without
+
+    node = PluginNode(netns, tmp_path, version="1.1.0")
+    env = {"PATH": path_without(tmp_path, "flock")}
+    assert node.cni("STATUS", env=env).rc == 0
+    (node.dir / "podnet-ipam.py").unlink()
+    done = node.cni("STATUS", env=env)
+    assert done.rc == 1 and done.json["code"] == 50 and "podnet-ipam.py" in done.json["msg"], done
+
+
 @pytest.mark.parametrize("ifname", ["help", "up", "dev", "name", "-x", "a;b$(c)", "net1.100"])
 def test_interface_names_that_are_ip_keywords_or_odd(ifname, netns, tmp_path):
     """Valid interface names that `ip` could read as keywords or options work:
@@ -355,3 +367,36 @@ def test_interface_names_that_are_ip_keywords_or_odd(ifname, netns, tmp_path):
     assert node.cni("CHECK", pod, conf=node.with_prev(added.json)).rc == 0
     assert node.cni("DEL", pod).rc == 0
     assert_clean(node, pod)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_netns_given_as_a_proc_path(shell, netns, tmp_path):
+    """CNI_NETNS outside /run/netns (as some runtimes pass it): /proc/PID/ns/net of a
+    process living in the pod's namespace (one this test started and stops)."""
+    import subprocess
+    import time
+
+    node = PluginNode(netns, tmp_path, shell=shell)
+    pod = node.new_pod()
+    # `ip netns exec` enters the namespace, then execs sleep: same PID.
+    holder = subprocess.Popen(["ip", "netns", "exec", pod.ns, "sleep", "60"])
+    try:
+        proc_path = None
+        for _ in range(100):
+            candidate = f"/proc/{holder.pid}/ns/net"
+            if os.path.exists(candidate) and os.stat(candidate).st_ino == os.stat(pod.path).st_ino:
+                proc_path = candidate
+                break
+            time.sleep(0.05)
+        assert proc_path, "the holder process never entered the pod's namespace"
+        env = {"CNI_NETNS": proc_path}
+        added = node.cni("ADD", pod, env=env)
+        assert added.rc == 0, added
+        assert added.json["interfaces"][2]["sandbox"] == proc_path
+        assert "eth0" in node.link_names(pod.ns)
+        assert node.cni("CHECK", pod, conf=node.with_prev(added.json), env=env).rc == 0
+        assert node.cni("DEL", pod, env=env).rc == 0
+        assert_clean(node, pod)
+    finally:
+        holder.kill()
+        holder.wait()

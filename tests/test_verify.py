@@ -14,8 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -361,3 +359,20 @@ def test_keep_leaves_the_cluster_and_says_how_to_remove_it(podnet_plugin, capsys
     finally:
         subprocess.run(["sh", str(cluster.workdir / "cleanup.sh")], check=True)
     assert no_namespaces_left(cluster.prefix) and not cluster.workdir.exists()
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.slow
+def test_verify_fifty_nodes_four_pods(tmp_path, podnet_plugin, capsys):
+    """The scale the issue asks for; the time is printed (-s), never asserted."""
+    ok, cluster = run_verify(write_topology(tmp_path, topology(50)), pods_per_node=4)
+    out = capsys.readouterr().out
+    assert ok, out
+    r = cluster.report
+    assert r.pairs_total == 200 * 199 and r.pairs_ok == r.pairs_tested < r.pairs_total
+    assert r.node_pings_ok == r.node_pings == 50 * 49
+    nodes = {f"node{i + 1}" for i in range(50)}
+    assert all(r.per_node[n]["pods"] == "4/4" and r.per_node[n]["leaks"] == "none" for n in nodes)
+    with capsys.disabled():
+        print(f"\n50 nodes x 4 pods: {out.strip().splitlines()[-1]}")

@@ -392,10 +392,18 @@ ipam_read_owner() {
 	IPAM_OWNER=$IPAM_L1${IPAM_L2:+ $IPAM_L2}
 }
 
-# ipam_parse_range SUBNET,FIRST,LAST,GATEWAY: sets IPAM_PREFIX, IPAM_GW_IP and,
-# as integers, IPAM_LO, IPAM_HI, IPAM_GW. The shell handles IPv4 range sets
-# only; anything else is an error naming the range set.
+# ipam_parse_range SUBNET,FIRST,LAST,GATEWAY: sets IPAM_FAMILY, IPAM_PREFIX,
+# IPAM_GW_IP and, for IPv4, as integers IPAM_LO, IPAM_HI, IPAM_GW (IPv6: see
+# ipam_parse_range6). Anything else is an error naming the range set.
 ipam_parse_range() {
+	case $1 in
+	*:*)
+		IPAM_FAMILY=6
+		ipam_parse_range6 "$1"
+		return
+		;;
+	esac
+	IPAM_FAMILY=4
 	IPAM_REST=$1
 	IPAM_NET=${IPAM_REST%%,*}; IPAM_REST=${IPAM_REST#*,}
 	IPAM_PREFIX=${IPAM_NET#*/}
@@ -411,13 +419,17 @@ ipam_parse_range() {
 		ipam_ip2int "$IPAM_GW_IP" && IPAM_GW=$IPAM_INT; then
 		return 0
 	fi
-	echo "ipam: range set '$1' is not IPv4 SUBNET,FIRST,LAST,GATEWAY; this plugin's IPAM handles IPv4 only" >&2
+	echo "ipam: range set '$1' is not SUBNET,FIRST,LAST,GATEWAY" >&2
 	return 1
 }
 
 # ipam_held_in_range: whether one of IPAM_HELD lies in the parsed range set's
 # subnet; sets IPAM_ADDR to it.
 ipam_held_in_range() {
+	if [ "$IPAM_FAMILY" = 6 ]; then
+		ipam_held_in_range6
+		return
+	fi
 	IPAM_BITS=$((32 - IPAM_PREFIX))
 	for IPAM_ADDR in $IPAM_HELD; do
 		if ipam_ip2int "$IPAM_ADDR" && [ $((IPAM_INT >> IPAM_BITS)) -eq $((IPAM_GW >> IPAM_BITS)) ]; then
@@ -434,6 +446,10 @@ ipam_held_in_range() {
 # An empty lease file (a host-local killed between create and write; it writes
 # under the same lock, so none is in progress now) counts as free.
 ipam_take() {
+	if [ "$IPAM_FAMILY" = 6 ]; then
+		ipam_take6 "$@"
+		return
+	fi
 	IPAM_CUR=$IPAM_LO
 	IPAM_LAST=
 	if [ -f "$IPAM_STORE/last_reserved_ip.$3" ]; then
@@ -511,6 +527,250 @@ ipam_int2ip() {
 	IPAM_IP=$(($1 >> 24 & 255)).$(($1 >> 16 & 255)).$(($1 >> 8 & 255)).$(($1 & 255))
 }
 # ---------------------------------------------------------------------------
+# ---- IPv6 range sets. An address is IPAM_P (its upper 64 bits, four decimal
+# hextets joined by ':') and the lower 64 bits as two 32-bit integers (shell
+# arithmetic is signed 64-bit), so ranges are limited to one /64.
+
+# ipam_parse_range6 SUBNET,FIRST,LAST,GATEWAY: sets IPAM_PREFIX, IPAM_GW_IP,
+# IPAM_P0 (the range's upper 64 bits) and the pairs (high, low 32 bits)
+# IPAM_LOH/IPAM_LOL, IPAM_HIH/IPAM_HIL, IPAM_GWH/IPAM_GWL and the subnet's
+# first and last address IPAM_NETH/IPAM_NETL, IPAM_ENDH/IPAM_ENDL.
+ipam_parse_range6() {
+	IPAM_REST=$1
+	IPAM_NET=${IPAM_REST%%,*}; IPAM_REST=${IPAM_REST#*,}
+	IPAM_PREFIX=${IPAM_NET#*/}
+	IPAM_GW_IP=${IPAM_REST##*,}
+	case $IPAM_PREFIX/$1 in
+	*/*,*,*,*,* | */*/*/*) ;;
+	6[4-9]/*,*,*,* | [7-9][0-9]/*,*,*,* | 1[01][0-9]/*,*,*,* | 12[0-8]/*,*,*,*)
+		if ipam_ip6parse "${IPAM_NET%/*}"; then
+			IPAM_P0=$IPAM_P IPAM_NETH=$IPAM_H IPAM_NETL=$IPAM_L
+			ipam_ip6bounds $((128 - IPAM_PREFIX))
+			if ipam_ip6in "${IPAM_REST%%,*}"; then
+				IPAM_LOH=$IPAM_H IPAM_LOL=$IPAM_L
+				IPAM_REST=${IPAM_REST#*,}
+				if ipam_ip6in "${IPAM_REST%%,*}"; then
+					IPAM_HIH=$IPAM_H IPAM_HIL=$IPAM_L
+					if ipam_ip6in "$IPAM_GW_IP"; then
+						IPAM_GWH=$IPAM_H IPAM_GWL=$IPAM_L
+						return 0
+					fi
+				fi
+			fi
+		fi
+		;;
+	*)
+		echo "ipam: range set '$1': IPv6 subnets wider than a /64 are not supported" >&2
+		return 1
+		;;
+	esac
+	echo "ipam: range set '$1' is not SUBNET,FIRST,LAST,GATEWAY within one subnet" >&2
+	return 1
+}
+
+# ipam_ip6bounds HOSTBITS: sets IPAM_ENDH/IPAM_ENDL, the subnet's last address
+# (IPAM_NETH/IPAM_NETL with the HOSTBITS low bits set; HOSTBITS <= 64).
+ipam_ip6bounds() {
+	if [ "$1" -le 32 ]; then
+		IPAM_ENDH=$IPAM_NETH
+		IPAM_ENDL=$((IPAM_NETL | ((1 << $1) - 1)))
+	else
+		IPAM_ENDH=$((IPAM_NETH | ((1 << ($1 - 32)) - 1)))
+		IPAM_ENDL=4294967295
+	fi
+}
+
+# ipam_ip6in TEXT: parses TEXT (ipam_ip6parse); 0 when it lies in the parsed
+# range set's subnet.
+ipam_ip6in() {
+	ipam_ip6parse "$1" && [ "$IPAM_P" = "$IPAM_P0" ] &&
+		ipam_le6 "$IPAM_NETH" "$IPAM_NETL" "$IPAM_H" "$IPAM_L" &&
+		ipam_le6 "$IPAM_H" "$IPAM_L" "$IPAM_ENDH" "$IPAM_ENDL"
+}
+
+# ipam_le6 H1 L1 H2 L2: whether (H1, L1) <= (H2, L2).
+ipam_le6() {
+	[ "$1" -lt "$3" ] || { [ "$1" -eq "$3" ] && [ "$2" -le "$4" ]; }
+}
+
+# ipam_held_in_range6: whether one of IPAM_HELD lies in the parsed IPv6 range
+# set's subnet; sets IPAM_ADDR to it.
+ipam_held_in_range6() {
+	for IPAM_ADDR in $IPAM_HELD; do
+		if ipam_ip6in "$IPAM_ADDR"; then
+			return 0
+		fi
+	done
+	return 1
+}
+
+# ipam_take6 ID IFNAME INDEX: ipam_take for an IPv6 range set: the first free
+# address after last_reserved_ip.INDEX (or from FIRST), round the range once,
+# skipping the gateway. Stops when it is back where it started.
+ipam_take6() {
+	IPAM_CH=$IPAM_LOH IPAM_CL=$IPAM_LOL
+	IPAM_LAST=
+	if [ -f "$IPAM_STORE/last_reserved_ip.$3" ]; then
+		IFS= read -r IPAM_LAST <"$IPAM_STORE/last_reserved_ip.$3" || :
+	fi
+	if ipam_ip6in "$IPAM_LAST" && ipam_le6 "$IPAM_LOH" "$IPAM_LOL" "$IPAM_H" "$IPAM_L" &&
+		ipam_le6 "$IPAM_H" "$IPAM_L" "$IPAM_HIH" "$IPAM_HIL"; then
+		IPAM_CH=$IPAM_H IPAM_CL=$IPAM_L
+		ipam_next6
+	fi
+	IPAM_SH=$IPAM_CH IPAM_SL=$IPAM_CL
+	while :; do
+		if [ "$IPAM_CH" -ne "$IPAM_GWH" ] || [ "$IPAM_CL" -ne "$IPAM_GWL" ]; then
+			ipam_ip6fmt "$IPAM_P0" "$IPAM_CH" "$IPAM_CL"
+			if [ -f "$IPAM_STORE/$IPAM_IP" ] && [ ! -s "$IPAM_STORE/$IPAM_IP" ]; then
+				rm -f -- "$IPAM_STORE/$IPAM_IP"
+			fi
+			if [ ! -e "$IPAM_STORE/$IPAM_IP" ] && ipam_reserve "$IPAM_IP" "$1" "$2" "$3"; then
+				IPAM_ADDR=$IPAM_IP
+				return 0
+			fi
+		fi
+		ipam_next6
+		if [ "$IPAM_CH" -eq "$IPAM_SH" ] && [ "$IPAM_CL" -eq "$IPAM_SL" ]; then
+			break
+		fi
+	done
+	echo "ipam: no free address left in ${IPAM_RANGE%%,*}; release leases with DEL or GC" >&2
+	return "$IPAM_EXHAUSTED"
+}
+
+# ipam_next6: advances (IPAM_CH, IPAM_CL) by one, from LAST back to FIRST.
+ipam_next6() {
+	if [ "$IPAM_CH" -eq "$IPAM_HIH" ] && [ "$IPAM_CL" -eq "$IPAM_HIL" ]; then
+		IPAM_CH=$IPAM_LOH IPAM_CL=$IPAM_LOL
+	elif [ "$IPAM_CL" -eq 4294967295 ]; then
+		IPAM_CH=$((IPAM_CH + 1)) IPAM_CL=0
+	else
+		IPAM_CL=$((IPAM_CL + 1))
+	fi
+}
+
+# ipam_ip6parse TEXT: sets IPAM_P, IPAM_H and IPAM_L (see above); 1 unless
+# TEXT is an IPv6 address in hex-colon form ('::' at most once, no dotted tail).
+ipam_ip6parse() {
+	case $1 in
+	'' | *[!0-9A-Fa-f:]* | *:::* | *::*::*) return 1 ;;
+	*::*) IPAM_HEAD=${1%%::*} IPAM_TAIL=${1#*::} IPAM_GAP=1 ;;
+	*) IPAM_HEAD=$1 IPAM_TAIL='' IPAM_GAP=0 ;;
+	esac
+	IPAM_HX=
+	IPAM_N=0
+	ipam_hextets "$IPAM_HEAD" || return 1
+	IPAM_HXHEAD=$IPAM_HX
+	IPAM_NHEAD=$IPAM_N
+	IPAM_HX=
+	IPAM_N=0
+	ipam_hextets "$IPAM_TAIL" || return 1
+	IPAM_ZEROS=$((8 - IPAM_NHEAD - IPAM_N))
+	if [ "$IPAM_GAP" -eq 1 ] && [ "$IPAM_ZEROS" -ge 1 ]; then
+		while [ "$IPAM_ZEROS" -gt 0 ]; do
+			IPAM_HXHEAD="$IPAM_HXHEAD 0"
+			IPAM_ZEROS=$((IPAM_ZEROS - 1))
+		done
+	elif [ "$IPAM_GAP" -eq 1 ] || [ "$IPAM_ZEROS" -ne 0 ]; then
+		return 1
+	fi
+	# shellcheck disable=SC2086 # eight decimal numbers, split on purpose
+	ipam_ip6set $IPAM_HXHEAD $IPAM_HX
+}
+
+# ipam_hextets TEXT: appends the values of TEXT's ':'-separated hextets (1-4
+# hex digits each) to IPAM_HX and counts them in IPAM_N; 1 on an empty field.
+ipam_hextets() {
+	if [ -z "$1" ]; then
+		return 0
+	fi
+	IPAM_QUAD=$1:
+	while [ -n "$IPAM_QUAD" ]; do
+		IPAM_C=${IPAM_QUAD%%:*}
+		IPAM_QUAD=${IPAM_QUAD#*:}
+		case $IPAM_C in
+		? | ?? | ??? | ????) ;;
+		*) return 1 ;;
+		esac
+		IPAM_HX="$IPAM_HX $((0x$IPAM_C))"
+		IPAM_N=$((IPAM_N + 1))
+	done
+}
+
+# ipam_ip6set V1 ... V8: sets IPAM_P, IPAM_H and IPAM_L from eight hextets.
+ipam_ip6set() {
+	IPAM_P=$1:$2:$3:$4
+	IPAM_H=$(($5 * 65536 + $6))
+	IPAM_L=$(($7 * 65536 + $8))
+}
+
+# ipam_ip6fmt P H L: sets IPAM_IP to the address in the form host-local names
+# its files (Go's, RFC 5952): lower-case hex without leading zeros, the
+# longest run of two or more zero hextets (the first of equals) as '::'.
+ipam_ip6fmt() {
+	IPAM_REST=$1
+	IPAM_V1=${IPAM_REST%%:*}; IPAM_REST=${IPAM_REST#*:}
+	IPAM_V2=${IPAM_REST%%:*}; IPAM_REST=${IPAM_REST#*:}
+	IPAM_V3=${IPAM_REST%%:*}; IPAM_V4=${IPAM_REST#*:}
+	set -- "$IPAM_V1" "$IPAM_V2" "$IPAM_V3" "$IPAM_V4" $(($2 >> 16)) $(($2 & 65535)) $(($3 >> 16)) $(($3 & 65535))
+	IPAM_BS=0 IPAM_BL=0 IPAM_RS=0 IPAM_RL=0 IPAM_I=1
+	for IPAM_V; do
+		if [ "$IPAM_V" -eq 0 ]; then
+			if [ "$IPAM_RL" -eq 0 ]; then
+				IPAM_RS=$IPAM_I
+			fi
+			IPAM_RL=$((IPAM_RL + 1))
+			if [ "$IPAM_RL" -gt "$IPAM_BL" ]; then
+				IPAM_BS=$IPAM_RS IPAM_BL=$IPAM_RL
+			fi
+		else
+			IPAM_RL=0
+		fi
+		IPAM_I=$((IPAM_I + 1))
+	done
+	if [ "$IPAM_BL" -lt 2 ]; then
+		IPAM_BS=0 IPAM_BL=0
+	fi
+	IPAM_IP=
+	IPAM_I=1
+	for IPAM_V; do
+		if [ "$IPAM_I" -ge "$IPAM_BS" ] && [ "$IPAM_I" -lt $((IPAM_BS + IPAM_BL)) ]; then
+			if [ "$IPAM_I" -eq "$IPAM_BS" ]; then
+				IPAM_IP=$IPAM_IP::
+			fi
+		else
+			ipam_hex "$IPAM_V"
+			case $IPAM_IP in
+			'' | *:) IPAM_IP=$IPAM_IP$IPAM_HEX ;;
+			*) IPAM_IP=$IPAM_IP:$IPAM_HEX ;;
+			esac
+		fi
+		IPAM_I=$((IPAM_I + 1))
+	done
+}
+
+# ipam_hex N: sets IPAM_HEX to N (0-65535) in lower-case hex, no leading zeros.
+ipam_hex() {
+	IPAM_HEX=
+	IPAM_V=$1
+	while :; do
+		case $((IPAM_V % 16)) in
+		10) IPAM_D=a ;;
+		11) IPAM_D=b ;;
+		12) IPAM_D=c ;;
+		13) IPAM_D=d ;;
+		14) IPAM_D=e ;;
+		15) IPAM_D=f ;;
+		*) IPAM_D=$((IPAM_V % 16)) ;;
+		esac
+		IPAM_HEX=$IPAM_D$IPAM_HEX
+		IPAM_V=$((IPAM_V / 16))
+		if [ "$IPAM_V" -eq 0 ]; then
+			return 0
+		fi
+	done
+}
 
 # ---------------------------------------------------------------------------
 # Reading the network configuration (CNI mode), without jq.
@@ -1337,8 +1597,9 @@ EOF
 
 cmd_status() {
 	command -v awk >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "awk is not installed" "install an awk (mawk, gawk or busybox)"
-	if ! command -v flock >/dev/null 2>&1 && ! command -v python3 >/dev/null 2>&1; then
-		fail "$E_UNAVAILABLE" "neither flock nor python3 is installed" "install util-linux (flock) or python3"
+	if ! command -v flock >/dev/null 2>&1; then
+		command -v python3 >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "neither flock nor python3 is installed" "install util-linux (flock) or python3"
+		[ -f "${0%/*}/podnet-ipam.py" ] || fail "$E_UNAVAILABLE" "flock is missing and podnet-ipam.py is not beside the plugin" "install util-linux, or podnet-ipam.py into ${0%/*}"
 	fi
 	if [ "$MASQUERADE" = 1 ] && ! command -v iptables >/dev/null 2>&1; then
 		fail "$E_UNAVAILABLE" "iptables is not installed, and masquerade is on" "install iptables"
