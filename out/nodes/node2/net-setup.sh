@@ -974,11 +974,15 @@ fail() {
 }
 
 # load_config: reads the network configuration on stdin with CONFIG_AWK into the
-# CFG_*, PREV_* and GC_* globals. Undecodable input is error 6.
+# CFG_*, PREV_* and GC_* globals. Undecodable input is error 6 (CONFIG_AWK exits 3).
 load_config() {
-	if ! lc_records=$(awk -v max="$CONFIG_MAX" "$CONFIG_AWK"); then
-		fail "$E_DECODE" "cannot decode the network configuration on stdin" "$lc_records"
-	fi
+	lc_rc=0
+	lc_records=$(awk -v max="$CONFIG_MAX" "$CONFIG_AWK") || lc_rc=$?
+	case $lc_rc in
+	0) ;;
+	3) fail "$E_DECODE" "cannot decode the network configuration on stdin" "$lc_records" ;;
+	*) fail "$E_FAILED" "cannot run awk to read the network configuration (status $lc_rc)" "install an awk, and check PATH" ;;
+	esac
 	while IFS= read -r lc_kind; do
 		case $lc_kind in
 		C) config_member ;;
@@ -1857,11 +1861,12 @@ direct_main() {
 	esac
 }
 
-# find_ip: IP, the path of the first `ip` in PATH (iproute2). A bare `ip` under
-# busybox ash may run busybox's own applet, which lacks -batch.
+# find_ip: IP, the path of the first `ip` in PATH, then in the usual system
+# directories (a runtime may pass a short PATH). A bare `ip` under busybox ash may
+# run busybox's own applet, which lacks -batch.
 find_ip() {
 	IP=''
-	fi_rest=$PATH:
+	fi_rest=$PATH:/usr/sbin:/usr/bin:/sbin:/bin:
 	while [ -n "$fi_rest" ]; do
 		fi_dir=${fi_rest%%:*}
 		fi_rest=${fi_rest#*:}
