@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import subprocess
 import textwrap
@@ -41,8 +40,6 @@ NETNS_DIR = Path("/run/netns")  # where `ip netns add` puts namespaces
 LIBCNI_VERSIONS = ("0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0")
 # CHECK exists from 0.4.0 on (libcni refuses it for older configs).
 CHECK_VERSIONS = ("0.4.0", "1.0.0")
-# DEL gets the cached ADD result as prevResult from 0.4.0 on.
-PREVRESULT_VERSIONS = CHECK_VERSIONS
 
 # One node, a non-default MTU and a non-default bridge name so a plugin that
 # ignores the config is caught.
@@ -194,8 +191,9 @@ class CniNode:
     def sh(self, script: str, env: Optional[dict] = None, input: Optional[str] = None) -> subprocess.CompletedProcess:
         return node_sh(self.ns, self.cni_dir, script, env=env, input=input)
 
-    def driver(self, command: str, pod: Optional[Pod] = None, conf_path: Optional[Path] = None, ifname: Optional[str] = None) -> DriverRun:
-        """Runs cnidriver COMMAND on this node's config (or `conf_path`) for `pod`."""
+    def driver(self, command: str, pod: Optional[Pod] = None, conf_path: Optional[Path] = None, ifname: Optional[str] = None, args: str = "") -> DriverRun:
+        """Runs cnidriver COMMAND on this node's config (or `conf_path`) for
+        `pod`, with CNI_ARGS `args` ("K=V;K=V")."""
         env = {
             "DRV": str(DRIVER),
             "DRV_PATH": self.cni_path,
@@ -205,8 +203,9 @@ class CniNode:
             "DRV_NETNS": pod.path if pod else "",
             "DRV_ID": pod.cid if pod else "",
             "DRV_IF": ifname or (pod.ifname if pod else "eth0"),
+            "DRV_ARGS": args,
         }
-        script = 'exec "$DRV" -path "$DRV_PATH" -cache "$DRV_CACHE" -netns "$DRV_NETNS" -id "$DRV_ID" -ifname "$DRV_IF" "$DRV_CMD" "$DRV_CONF"'
+        script = 'exec "$DRV" -path "$DRV_PATH" -cache "$DRV_CACHE" -netns "$DRV_NETNS" -id "$DRV_ID" -ifname "$DRV_IF" -args "$DRV_ARGS" "$DRV_CMD" "$DRV_CONF"'
         done = self.sh(script, env=env)
         try:
             out = json.loads(done.stdout) if done.stdout.strip() else {}
@@ -214,16 +213,16 @@ class CniNode:
             out = {"unparsable": done.stdout}
         return DriverRun(done.returncode, out, done.stderr)
 
-    def attach(self, pod: Pod) -> DriverRun:
+    def attach(self, pod: Pod, args: str = "") -> DriverRun:
         """ADD as a runtime does it: the loopback network first when there is one."""
         if self.loopback_conf:
             lo = self.driver("add", pod, conf_path=self.loopback_conf, ifname="lo")
             assert lo.rc == 0, f"loopback ADD failed: {lo.describe()}"
-        return self.driver("add", pod)
+        return self.driver("add", pod, args=args)
 
-    def detach(self, pod: Pod) -> DriverRun:
+    def detach(self, pod: Pod, args: str = "") -> DriverRun:
         """DEL as a runtime does it: this network, then the loopback network."""
-        done = self.driver("del", pod)
+        done = self.driver("del", pod, args=args)
         if self.loopback_conf:
             lo = self.driver("del", pod, conf_path=self.loopback_conf, ifname="lo")
             assert lo.rc == 0, f"loopback DEL failed: {lo.describe()}"
@@ -462,7 +461,3 @@ def differences(a: Any, b: Any, path: str = "") -> List[str]:
     if a != b:
         return [f"{path}: reference {json.dumps(a)} != podnet {json.dumps(b)}"]
     return []
-
-
-def netns_exists(pod: Pod) -> bool:
-    return os.path.exists(pod.path)

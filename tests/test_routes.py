@@ -361,3 +361,14 @@ def test_up_reports_unreachable_next_hops(tmp_path, netns):
     res = run(ns, ["dash"], script, "up")
     assert res.returncode == 1
     assert "could not install every route" in res.stderr
+
+
+@pytest.mark.skipif(not have("dash", "busybox"), reason="needs dash and busybox")
+@pytest.mark.parametrize("shell", SHELLS)
+def test_sourced_functions(tmp_path, shell):
+    """Sourced with PODNET_SOURCE_ONLY=1, the script runs nothing; its steps can be called one by one."""
+    out = compile_to(tmp_path, STATIC.format(masq="true"))
+    script = install(out, "node2", tmp_path / "etc")
+    res = subprocess.run([*shell, "-c", f'PODNET_SOURCE_ONLY=1; . "$1"; wanted_routes', "sh", str(script)], capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_ROUTES_TABLE": str(out / "routes.table")})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["10.244.1.0/24 192.168.1.2", "10.244.3.0/24 192.168.1.4"]

@@ -289,7 +289,8 @@ def test_verify_names_the_removed_route(podnet_plugin, capsys):
 
 @needs_root
 @pytest.mark.netns
-def test_sigterm_removes_everything(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_removes_everything(tmp_path, signum):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "compiler", "verify", EXAMPLE], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
@@ -301,7 +302,7 @@ def test_sigterm_removes_everything(tmp_path):
         token = re.search(r"run ([0-9a-f]{6}):", "".join(lines)).group(1)
         workdir = re.search(r"work dir (\S+)", "".join(lines)).group(1)
         assert not no_namespaces_left(f"pv-{token}-")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)  # SIGINT: what Ctrl-C sends
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

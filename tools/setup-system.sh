@@ -27,6 +27,11 @@ for entry in $NEEDED; do
 	path=${entry#*:}
 	[ -e "$path" ] || missing="$missing $pkg"
 done
+# busybox-static provides busybox (statically linked, as the podman test's image
+# needs) and conflicts with it: never ask apt for both.
+case "$missing " in
+*" busybox-static "*) missing=$(for p in $missing; do [ "$p" = busybox ] || printf ' %s' "$p"; done) ;;
+esac
 
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ]; then
