@@ -76,6 +76,8 @@ wait
 # is the config on stdin, and .out .err .rc receive what the plugin said.
 RUNTIME_SCRIPT = """
 set -u
+IFS='
+'
 for pair in $PODNET_VERIFY_MOUNTS; do
 	mount --bind "${pair%%=*}" "${pair#*=}" || { echo "cannot bind-mount ${pair%%=*} over ${pair#*=}" >&2; exit 97; }
 done
@@ -246,7 +248,6 @@ class Cluster:
         self.workdir = workdir
         self.out = workdir / "out"
         self.created_ns: List[str] = []
-        self.created_dirs: List[str] = []  # host directories made as mount points
         self.underlay_ns = self.prefix + "underlay"
         self.prefixlen = underlay_prefix([n.address for n in topo.nodes] + ([topo.network.router] if topo.network.router else []))
         self.nodes: List[Machine] = [
@@ -328,7 +329,7 @@ class Cluster:
         data_dir = self.topo.network.data_dir.rstrip("/")
         if data_dir != "/var/lib/cni" and not data_dir.startswith("/var/lib/cni/"):
             pairs.append(f"{m.root / 'state/data'}={data_dir}")
-        return " ".join(pairs)
+        return "\n".join(pairs)
 
     def lease_dir(self, m: Machine) -> Path:
         data_dir = self.topo.network.data_dir.rstrip("/")
@@ -340,16 +341,11 @@ class Cluster:
 
     def make_mount_points(self) -> None:
         """The host paths bind-mounted over (inside private mount namespaces only) must
-        exist; any made here is removed at teardown when still empty."""
-        targets = {pair.split("=", 1)[1] for m in self.nodes for pair in self.mounts(m).split()}
+        exist. One made here stays, empty: removing it could pull it from under a
+        parallel run that is still mounting over it."""
+        targets = {pair.split("=", 1)[1] for m in self.nodes for pair in self.mounts(m).split("\n")}
         for target in sorted(targets):
-            missing = []
-            path = target
-            while not os.path.exists(path):
-                missing.append(path)
-                path = os.path.dirname(path)
             os.makedirs(target, exist_ok=True)
-            self.created_dirs += missing  # deepest first
 
     # -- 2. the namespaces and the underlay
 
@@ -406,11 +402,11 @@ class Cluster:
         res = self.on_node(m, ["/bin/sh", "-c", RUNTIME_SCRIPT, "runtime", command, str(m.root / "opt/cni/bin" / self.plugin_type), str(m.root / "opt/cni/bin"), str(work), *args], env=env)
         out = {}
         for p in pods:
-            base = work / f"{p.container_id}.{command}"
+            base = f"{p.container_id}.{command}"
             try:
-                rc = int((base.with_suffix(base.suffix + ".rc")).read_text().strip() or "-1")
-                stdout = base.with_suffix(base.suffix + ".out").read_text()
-                stderr = base.with_suffix(base.suffix + ".err").read_text()
+                rc = int((work / f"{base}.rc").read_text().strip() or "-1")
+                stdout = (work / f"{base}.out").read_text()
+                stderr = (work / f"{base}.err").read_text()
             except (OSError, ValueError):
                 rc, stdout, stderr = -1, "", res.stderr.strip() or "the plugin did not run"
             out[p.container_id] = (rc, stdout, stderr)
@@ -548,17 +544,12 @@ class Cluster:
 
     def teardown(self) -> None:
         """Removes every namespace of this run (also any the batch half-made) and the
-        mount points made on the host; keeps the work directory only with --keep."""
+        work directory."""
         listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         ours = [line.split()[0] for line in listed.splitlines() if line.startswith(self.prefix)]
         names = sorted(set(ours))
         if names:
             subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names), capture_output=True, text=True)
-        for d in self.created_dirs:
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def write_cleanup_script(self) -> Path:
