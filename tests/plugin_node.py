@@ -76,13 +76,14 @@ class Run:
 class PluginNode:
     """One node: its namespace, compiled plugin and config, private /var/lib/cni."""
 
-    def __init__(self, netns, tmp_path: Path, version: str = "1.0.0", shell: str = "dash", masquerade: bool = True, **topo: Any):
+    def __init__(self, netns, tmp_path: Path, version: str = "1.0.0", shell: str = "dash", masquerade: bool = True,
+                 topo_text: Optional[str] = None, compiler=podnet, **topo: Any):
         self.netns = netns
         self.tmp = tmp_path
         self.shell = shell
-        topo_file = write_topology(tmp_path, topology(version, masquerade, **topo))
+        topo_file = write_topology(tmp_path, topo_text or topology(version, masquerade, **topo))
         out = tmp_path / "out"
-        done = podnet("compile", str(topo_file), "-o", str(out))
+        done = compiler("compile", str(topo_file), "-o", str(out))
         assert done.returncode == 0, done.stderr
         self.dir = out / "nodes" / "node1"
         self.plugin = self.dir / "net-setup.sh"

@@ -1488,13 +1488,13 @@ result_020_ips() {
 	R2_IPS=
 	while read -r r2_addr r2_gw; do
 		[ -n "$r2_addr" ] || continue
+		case $r2_addr in *:*) r2_key=ip6 ;; *) r2_key=ip4 ;; esac
 		r2_routes=
 		for r2_dst in $POD_ROUTES; do
-			case $r2_dst/$r2_addr in
-			*:*/*:* | [!:]*/[!:]*) r2_routes="$r2_routes{\"dst\":\"$r2_dst\"}," ;;
+			case $r2_key/$r2_dst in
+			ip6/*:* | ip4/*.*) r2_routes="$r2_routes{\"dst\":\"$r2_dst\"}," ;;
 			esac
 		done
-		case $r2_addr in *:*) r2_key=ip6 ;; *) r2_key=ip4 ;; esac
 		R2_IPS="$R2_IPS,\"$r2_key\":{\"ip\":\"$r2_addr\",\"gateway\":\"$r2_gw\",\"routes\":[${r2_routes%,}]}"
 	done <<EOF
 $LEASES
