@@ -29,13 +29,19 @@ class Change:
     kind: str  # "new" | "changed" | "mode" | "removed"
     old: Optional[bytes] = None
     new: Optional[bytes] = None
+    old_mode: Optional[int] = None
+    new_mode: Optional[int] = None
 
     def diff(self) -> str:
         old = (self.old or b"").decode("utf-8", "replace").splitlines(keepends=True)
         new = (self.new or b"").decode("utf-8", "replace").splitlines(keepends=True)
         lines = difflib.unified_diff(old, new, f"a/{self.path}", f"b/{self.path}")
         text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
-        return text or f"mode of {self.path} differs\n"
+        if text:
+            return text
+        if self.old_mode is not None and self.new_mode is not None:
+            return f"mode of {self.path}: {self.old_mode:04o} -> {self.new_mode:04o}\n"
+        return f"mode of {self.path} differs\n"
 
 
 def with_manifest(files: Files, topology_bytes: bytes, source: str) -> Files:
@@ -155,7 +161,7 @@ class TreeWriter:
         if old == content and old_mode == mode:
             return
         kind = "new" if old is None else "changed" if old != content else "mode"
-        change = Change(path, kind, old, content)
+        change = Change(path, kind, old, content, old_mode, mode)
         if self.check:
             self.on_change(change)
         elif kind == "mode":

@@ -223,3 +223,15 @@ def test_hostile_file_name_cannot_reach_a_shell(tmp_path):
     text = (tmp_path / "o/nodes/node1/net-setup.sh").read_text()
     banner = text.splitlines()[1]
     assert "$(" not in banner and "`" not in banner and banner.startswith("# Generated")
+
+
+def test_check_reports_a_mode_change_with_both_modes(tmp_path):
+    out = tmp_path / "o"
+    compile_to(EXAMPLE, out, check=True)
+    (out / "nodes/node1/routes.sh").chmod(0o644)
+    r = compile_to(EXAMPLE, out, "--check")
+    assert r.returncode == 1
+    assert "mode of nodes/node1/routes.sh: 0644 -> 0755" in r.stdout
+    assert f"{out}/nodes/node1/routes.sh: mode" in r.stderr
+    compile_to(EXAMPLE, out, check=True)
+    assert (out / "nodes/node1/routes.sh").stat().st_mode & 0o777 == 0o755
