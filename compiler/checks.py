@@ -265,15 +265,6 @@ def ipam_range(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(("network", "rangeEnd"), "network.rangeEnd: the range holds only the gateway (offset 1); no address is left for pods")
 
 
-def ipv6_pods_pending(f: Facts) -> Iterator[Diagnostic]:
-    """Temporary: the compiler models IPv6 and dual-stack, but the generated plugin,
-    IPAM and routes do not handle IPv6 pods yet, so such a topology is refused
-    rather than compiled into scripts that would fail on the node."""
-    for path, pool in f.values(("network", "podCIDR"), f.net.get("podCIDR"), _network):
-        if pool.version == 6:
-            yield f.doc.at(path, f"{dotted(path)}: IPv6 pod ranges ({pool}) are not supported by the generated plugin yet; use an IPv4 range")
-
-
 def _name(f: Facts, i: int) -> str:
     name = f.nodes[i].get("name")
     return repr(name) if isinstance(name, str) else f"#{i}"
@@ -292,7 +283,6 @@ RULES: Tuple[Rule, ...] = (
     router_mode,
     bridge_not_underlay,
     ipam_range,
-    ipv6_pods_pending,
 )
 
 

@@ -235,3 +235,24 @@ def test_check_reports_a_mode_change_with_both_modes(tmp_path):
     assert f"{out}/nodes/node1/routes.sh: mode" in r.stderr
     compile_to(EXAMPLE, out, check=True)
     assert (out / "nodes/node1/routes.sh").stat().st_mode & 0o777 == 0o755
+
+
+def test_dual_stack_example_compiles(tmp_path):
+    """examples/dual-stack.yaml: the same artifact set as an IPv4 cluster, one range set
+    and one default route per family, both families in routes.table, clean shell."""
+    compile_to("examples/dual-stack.yaml", tmp_path, check=True)
+    ipv4 = tmp_path / "ipv4"
+    compile_to(EXAMPLE, ipv4, check=True)
+    assert sorted(p for p in tree(tmp_path) if not p.startswith("ipv4/")) == sorted(tree(ipv4))
+    conf = json.loads((tmp_path / "nodes/node3/10-podnet.conflist").read_text())
+    ipam = conf["plugins"][0]["ipam"]
+    assert ipam["ranges"] == [[{"gateway": "10.244.0.1", "subnet": "10.244.0.0/24"}], [{"gateway": "fd00:10:244::1", "subnet": "fd00:10:244::/64"}]]
+    assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
+    rows = [line.split() for line in (tmp_path / "routes.table").read_text().splitlines() if line and not line.startswith("#")]
+    assert rows[4:] == [["10.244.0.0/24", "192.168.1.4", "node3"], ["fd00:10:244::/64", "fd00:192:168:1::4", "node3"]]
+    assert len(rows) == 6
+    script = (tmp_path / "nodes/node1/net-setup.sh").read_text()
+    assert "BRIDGE_ADDRS='10.244.1.1/24 fd00:10:244:1::1/64'" in script
+    scripts = [str(p) for p in sorted(tmp_path.glob("nodes/*/*.sh"))]
+    r = subprocess.run(["shellcheck", "-s", "sh", "-S", "style", *scripts], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout

@@ -1,33 +1,16 @@
 """The plugin on a dual-stack node: one address per family on the pod interface,
 a default route per family, IPv6 without DAD, IPv6 forwarding, results listing
 both addresses (with ips[].version for 0.3.x/0.4.0, ip4 and ip6 for 0.2.0), CHECK
-of IPv6 routes, DEL of everything.
-
-Until the dual-stack issue lands, `podnet compile` refuses IPv6 pod ranges (the rule
-checks.ipv6_pods_pending); these tests compile with that one rule left out, so the
-plugin's IPv6 path is proven ahead of it (once the rule is gone, nothing is left out)."""
+of IPv6 routes, DEL of everything."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from helpers import REPO, have, sh
+from helpers import have, sh
 from plugin_node import SHELLS, PluginNode, ping
 
 pytestmark = pytest.mark.skipif(not have("dash", "busybox", "iptables"), reason="needs dash, busybox and iptables")
-
-WRAPPER = (
-    "import sys, compiler.checks as c; "
-    "c.RULES = tuple(r for r in c.RULES if r.__name__ != 'ipv6_pods_pending'); "
-    "from compiler.cli import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
-def compile_dual_stack(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WRAPPER, *args], cwd=REPO, capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
 
 
 def topology(version: str) -> str:
@@ -51,7 +34,7 @@ def topology(version: str) -> str:
 
 @pytest.mark.parametrize("version, shell", [("1.0.0", "dash"), ("1.0.0", "busybox ash"), ("0.4.0", "dash"), ("0.2.0", "busybox ash")])
 def test_dual_stack_add_check_del(version, shell, netns, tmp_path):
-    node = PluginNode(netns, tmp_path, shell=shell, topo_text=topology(version), compiler=compile_dual_stack)
+    node = PluginNode(netns, tmp_path, shell=shell, topo_text=topology(version))
     a, b = node.new_pod("a"), node.new_pod("b")
     results = [node.cni("ADD", p) for p in (a, b)]
     assert all(r.rc == 0 for r in results), [str(r) for r in results]

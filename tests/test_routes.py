@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from helpers import have, podnet, sh, write_topology
-from test_plugin_dualstack import compile_dual_stack as compile_pending
 
 SHELLS = [pytest.param(["dash"], id="dash"), pytest.param(["busybox", "ash"], id="busybox-ash")]
 
@@ -56,7 +55,7 @@ nodes:
 def compile_to(tmp_path: Path, text: str, name: str = "out") -> Path:
     topo = write_topology(tmp_path, text, f"{name}.yaml")
     out = tmp_path / name
-    res = compile_pending("compile", str(topo), "-o", str(out))
+    res = podnet("compile", str(topo), "-o", str(out))
     assert res.returncode == 0, res.stderr
     return out
 

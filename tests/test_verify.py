@@ -397,14 +397,6 @@ def topology_dual(n: int, router: bool = False, families=(4, 6), version: str = 
     return net + "nodes:\n" + nodes
 
 
-@pytest.fixture
-def ipv6_allowed(monkeypatch):
-    """Compiles IPv6 pod ranges while checks.ipv6_pods_pending still refuses them."""
-    from compiler import checks
-
-    monkeypatch.setattr(checks, "RULES", tuple(r for r in checks.RULES if r.__name__ != "ipv6_pods_pending"))
-
-
 def test_result_addresses_lists_every_family():
     assert verify.result_addresses('{"ips":[{"address":"10.244.1.2/24"},{"address":"fd00:10:244:1::2/64"}]}') == ["10.244.1.2", "fd00:10:244:1::2"]
     assert verify.result_addresses('{"ip4":{"ip":"10.244.1.3/24"},"ip6":{"ip":"fd00:10:244:1::3/64"}}') == ["10.244.1.3", "fd00:10:244:1::3"]
@@ -426,7 +418,7 @@ def assert_both_families(cluster, n_pods: int, n_nodes: int) -> None:
 @needs_root
 @pytest.mark.netns
 @pytest.mark.parametrize("version", ["1.0.0", "0.4.0", "0.2.0"])
-def test_verify_dual_stack(tmp_path, podnet_plugin, ipv6_allowed, capsys, version):
+def test_verify_dual_stack(tmp_path, podnet_plugin, capsys, version):
     """Every pod reaches every pod, and every other node, over IPv4 and over IPv6."""
     ok, cluster = run_verify(write_topology(tmp_path, topology_dual(3, version=version)), pods_per_node=2)
     out = capsys.readouterr().out
@@ -439,7 +431,7 @@ def test_verify_dual_stack(tmp_path, podnet_plugin, ipv6_allowed, capsys, versio
 
 @needs_root
 @pytest.mark.netns
-def test_verify_dual_stack_router_mode(tmp_path, podnet_plugin, ipv6_allowed, capsys):
+def test_verify_dual_stack_router_mode(tmp_path, podnet_plugin, capsys):
     ok, cluster = run_verify(write_topology(tmp_path, topology_dual(3, router=True)), pods_per_node=2)
     out = capsys.readouterr().out
     assert ok, out
@@ -450,7 +442,7 @@ def test_verify_dual_stack_router_mode(tmp_path, podnet_plugin, ipv6_allowed, ca
 @needs_root
 @pytest.mark.netns
 @pytest.mark.parametrize("router", [False, True], ids=["static", "router"])
-def test_verify_ipv6_only(tmp_path, podnet_plugin, ipv6_allowed, capsys, router):
+def test_verify_ipv6_only(tmp_path, podnet_plugin, capsys, router):
     ok, cluster = run_verify(write_topology(tmp_path, topology_dual(3, router=router, families=(6,))), pods_per_node=2)
     out = capsys.readouterr().out
     assert ok, out
@@ -463,7 +455,7 @@ def test_verify_ipv6_only(tmp_path, podnet_plugin, ipv6_allowed, capsys, router)
 
 @needs_root
 @pytest.mark.netns
-def test_verify_dual_stack_names_the_removed_ipv6_route(tmp_path, podnet_plugin, ipv6_allowed, capsys):
+def test_verify_dual_stack_names_the_removed_ipv6_route(tmp_path, podnet_plugin, capsys):
     """Only IPv6 breaks: the IPv6 pings between exactly those nodes fail, IPv4 passes.
     Both ways, and node3's pods -> node2's address too: IPv6 is not masqueraded, so
     every reply to node3's pods needs the removed route."""
@@ -476,3 +468,13 @@ def test_verify_dual_stack_names_the_removed_ipv6_route(tmp_path, podnet_plugin,
     assert r.pairs_ok == 60 - 8 and r.node_pings_ok == 12 - 1
     assert "missing route: fd00:10:244:2::/64 via fd00::4 dev eth0" in "\n".join(r.problems)
     assert "node2/pod0 fd00:10:244:1::2 -> node3/pod0 fd00:10:244:2::2: no reply" in out
+
+
+@needs_root
+@pytest.mark.netns
+def test_verify_dual_stack_example_cli(podnet_plugin):
+    res = podnet("verify", "examples/dual-stack.yaml", "--pods-per-node", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "pod -> pod: 60/60 replied (30 of 30 pairs x 2 families (IPv4, IPv6), all)" in res.stdout
+    assert "pod -> other nodes' addresses: 12/12 replied x 2 families (IPv4, IPv6)" in res.stdout
+    assert res.stdout.rstrip().splitlines()[-1].startswith("PASS in ")
