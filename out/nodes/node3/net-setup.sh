@@ -1225,7 +1225,11 @@ add_veth() {
 	av_batch="link add name $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
 link set dev $VETH alias $ALIAS"
 	for av_addr in $BRIDGE_ADDRS; do
-		av_batch="$av_batch${NL}addr replace $av_addr dev $BRIDGE"
+		case $av_addr in
+		# the IPv6 gateway without DAD: usable by the pods at once, not a second later
+		*:*) av_batch="$av_batch${NL}addr replace $av_addr dev $BRIDGE nodad" ;;
+		*) av_batch="$av_batch${NL}addr replace $av_addr dev $BRIDGE" ;;
+		esac
 	done
 	av_batch="$av_batch${NL}link set dev $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
 	if ! av_out=$("$IP" -o -batch - 2>&1 <<EOF
@@ -1365,16 +1369,21 @@ EOF
 
 # add_pod_side: inside the pod's netns: the address(es) (IPv6 without DAD), IFNAME
 # up, POD_ROUTES via the gateway of each route's family, loopback up; reads the MAC.
+# With IPv6, the kernel's own link-local address is turned off (addrgenmode none:
+# it would be tentative, i.e. unusable, for a second after ADD) and add_link_local
+# adds the same address without DAD.
 add_pod_side() {
 	aps_batch=
+	aps_v6=0
 	while read -r aps_addr _; do
 		case $aps_addr in
-		*:*) aps_batch="${aps_batch}addr add $aps_addr dev $IFNAME nodad$NL" ;;
+		*:*) aps_batch="${aps_batch}addr add $aps_addr dev $IFNAME nodad$NL" aps_v6=1 ;;
 		?*) aps_batch="${aps_batch}addr add $aps_addr dev $IFNAME$NL" ;;
 		esac
 	done <<EOF
 $LEASES
 EOF
+	[ "$aps_v6" = 0 ] || aps_batch="link set dev $IFNAME addrgenmode none$NL$aps_batch"
 	aps_batch="${aps_batch}link set dev $IFNAME up$NL"
 	for aps_dst in $POD_ROUTES; do
 		gateway_for "$aps_dst"
@@ -1388,6 +1397,24 @@ EOF
 	link_line "$aps_out" "$IFNAME"
 	mac_of "$LINK_LINE"
 	IF_MAC=$MAC
+	[ "$aps_v6" = 0 ] || add_link_local
+}
+
+# add_link_local: IFNAME's link-local address, fe80:: and the modified EUI-64 of its
+# MAC (RFC 4291), as the kernel makes it by default, but without DAD. Assumes IF_MAC
+# is the pod interface's MAC and add_pod_side turned the kernel's own one off.
+add_link_local() {
+	case $IF_MAC in
+	*[!0-9a-fA-F:]* | '') fail "$E_FAILED" "cannot read the MAC address of $IFNAME in $NETNS" "$IF_MAC" ;;
+	esac
+	all_ifs=$IFS
+	IFS=:
+	# shellcheck disable=SC2086 # split on purpose: the MAC's six octets
+	set -- $IF_MAC
+	IFS=$all_ifs
+	all_addr=$(printf 'fe80::%x:%x:%x:%x' $(((0x$1 ^ 2) * 256 + 0x$2)) $((0x$3 * 256 + 255)) $((0xfe00 + 0x$4)) $((0x$5 * 256 + 0x$6)))
+	all_out=$("$IP" -n "$NS_REF" addr add "$all_addr/64" dev "$IFNAME" nodad 2>&1) ||
+		fail "$E_FAILED" "cannot add the link-local address $all_addr to $IFNAME in $NETNS" "$all_out"
 }
 
 # add_forwarding: the node forwards IPv4, and IPv6 when a pod got an IPv6 address.
