@@ -12,7 +12,7 @@
 # Direct mode, by hand: net-setup.sh add|check CONTAINER NETNS, net-setup.sh del CONTAINER [NETNS]
 #   NETNS is a name from `ip netns` or a path; the interface is eth0; the output is for people.
 #
-# Needs a POSIX sh (dash and busybox ash work), iproute2, awk, cksum, util-linux flock (or python3
+# Needs a POSIX sh (dash and busybox ash work), iproute2, awk, util-linux flock (or python3
 # where flock is missing) and, with masquerade on, iptables. Sourcing the file only defines functions.
 set -eu
 LC_ALL=C
@@ -1203,17 +1203,36 @@ cmd_add() {
 	fi
 }
 
-# veth_name: VETH, the host side's name, "veth" and the CRC of the line "ID/IFNAME" (cksum,
-# decimal, at most 10 digits: 14 bytes, within IFNAMSIZ); the same for ADD, CHECK
-# and DEL. ALIAS, set on the link, proves which attachment a host veth belongs to.
+# veth_name: VETH, the host side's name, "veth" and the decimal 32-bit FNV-1a hash of
+# the bytes of "ID/IFNAME" (at most 10 digits: 14 bytes, within IFNAMSIZ); the same for
+# ADD, CHECK and DEL. ALIAS, set on the link, proves which attachment a host veth
+# belongs to. Computed in the shell: no process.
 veth_name() {
-	# A here-document, not a pipe: one process instead of two.
-	vn_sum=$(cksum <<EOF
-$CID/$IFNAME
-EOF
-	)
-	VETH=veth${vn_sum%% *}
+	fnv1a "$CID/$IFNAME"
+	VETH=veth$HASH
 	ALIAS=podnet:$CID/$IFNAME
+}
+
+# HASH_CHARS: printable ASCII from 32 (space) on, so a byte's code is 32 + its offset.
+HASH_CHARS=' !"#$%&'"'"'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_`abcdefghijklmnopqrstuvwxyz{|}~'
+
+# fnv1a STRING: sets HASH to the 32-bit FNV-1a hash of STRING's bytes (LC_ALL=C, so a
+# character is a byte). A byte outside HASH_CHARS (only IFNAME can hold one) costs a
+# subshell running the printf builtin; others cost a few expansions.
+fnv1a() {
+	HASH=2166136261
+	fh_rest=$1
+	while [ -n "$fh_rest" ]; do
+		fh_ch=${fh_rest%"${fh_rest#?}"}
+		fh_rest=${fh_rest#?}
+		fh_pre=${HASH_CHARS%%"$fh_ch"*}
+		if [ "$fh_pre" = "$HASH_CHARS" ]; then
+			fh_code=$(printf '%d' "'$fh_ch")
+		else
+			fh_code=$((${#fh_pre} + 32))
+		fi
+		HASH=$((((HASH ^ fh_code) * 16777619) & 4294967295))
+	done
 }
 
 # add_veth: the veth pair, its peer created directly inside the pod's netns as IFNAME
