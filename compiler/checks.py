@@ -116,6 +116,9 @@ def node_prefix_fits(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(path, f"network.{key}: /{prefix} node subnets do not fit in podCIDR {pool}")
         elif prefix > pool.max_prefixlen - 2:
             yield f.doc.at(path, f"network.{key}: /{prefix} leaves no address for pods in an {FAMILY[version]} subnet")
+        elif version == 6 and prefix < 64:
+            # the node's IPAM (shell arithmetic, like host-local's interface identifiers) works within one /64
+            yield f.doc.at(path, f"network.{key}: /{prefix} IPv6 node subnets are wider than a /64, which the node's IPAM cannot allocate from; use 64 or longer")
 
 
 def pinned_subnets(f: Facts) -> Iterator[Diagnostic]:
