@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import re
 from functools import lru_cache
 from typing import Any, Dict, Iterator
 
@@ -76,11 +77,25 @@ def _is_integer(checker, instance) -> bool:
     return isinstance(instance, int) and not isinstance(instance, bool)
 
 
+@lru_cache(maxsize=None)
+def _ecma_regex(pattern: str) -> "re.Pattern[str]":
+    # ECMA-262 (JSON Schema's regex dialect): `$` matches only at the very end.
+    # Python's `$` also matches before a final newline, which would let "cni0\n" pass.
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + r"\Z"
+    return re.compile(pattern)
+
+
+def _pattern(validator, pattern: str, instance: Any, schema: Dict[str, Any]):
+    if validator.is_type(instance, "string") and not _ecma_regex(pattern).search(instance):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 @lru_cache(maxsize=1)
 def validator() -> Draft202012Validator:
     Draft202012Validator.check_schema(schema())
     types = Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
-    cls = validators.extend(Draft202012Validator, type_checker=types)
+    cls = validators.extend(Draft202012Validator, validators={"pattern": _pattern}, type_checker=types)
     return cls(schema(), format_checker=FORMATS)
 
 

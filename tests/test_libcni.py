@@ -24,6 +24,7 @@ from peers import (
     LIBCNI_VERSIONS,
     MTU,
     PREFIX,
+    REFERENCE_BIN,
     SUBNET,
     CniNode,
     Pod,
@@ -266,4 +267,36 @@ def test_kubelet_style_cni_args(impl, netns, tmp_path, driver):
     assert checked.rc == 0, checked.describe()
     deleted = node.detach(pod, args=args)
     assert deleted.rc == 0, deleted.describe()
+    assert_detached(node, [pod])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_chained_with_the_reference_tuning_plugin(impl, netns, tmp_path, driver):
+    """A real chain as runtimes run it: the plugin, then Debian's `tuning`
+    plugin, which requires and parses the plugin's result (prevResult), sets a
+    sysctl on the pod interface and passes the result on, so what the runtime
+    finally gets is the plugin's result as another plugin read it. CHECK and
+    DEL (reverse order, cached result as prevResult) go through both."""
+    node = make_node(impl, "1.0.0", netns, tmp_path)
+    if REFERENCE_BIN not in node.bin_dirs:
+        node.bin_dirs.append(REFERENCE_BIN)
+    chain = dict(node.conf, plugins=[*node.conf["plugins"], {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_notify": "1"}}])
+    conf = node.conf_path.parent / "20-chain.conflist"
+    conf.write_text(json.dumps(chain))
+    (pod,) = new_pods(netns, 1)
+    sysctl = ["ip", "netns", "exec", pod.ns, "cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"]
+
+    if node.loopback_conf:
+        assert node.driver("add", pod, conf_path=node.loopback_conf, ifname="lo").rc == 0
+    added = node.driver("add", pod, conf_path=conf)
+    assert added.rc == 0, added.describe()
+    assert len(added.raw) == 2, "both plugins of the chain ran"
+    assert_attached(node, pod, added.result, "1.0.0")
+    assert sh(sysctl).stdout.strip() == "1", "the tuning step of the chain did not take effect"
+    checked = node.driver("check", pod, conf_path=conf)
+    assert checked.rc == 0, checked.describe()
+    deleted = node.driver("del", pod, conf_path=conf)
+    assert deleted.rc == 0, deleted.describe()
+    if node.loopback_conf:
+        assert node.driver("del", pod, conf_path=node.loopback_conf, ifname="lo").rc == 0
     assert_detached(node, [pod])

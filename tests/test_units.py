@@ -2,6 +2,7 @@
 allocation, the quoting filter."""
 
 import ipaddress
+import json
 
 import pytest
 
@@ -151,3 +152,10 @@ nodes:
 """)
     assert topo.network.pools[0].node_prefix == 80
     assert str(topo.nodes[0].subnet) == "fd00:10:244::/80"
+
+
+@pytest.mark.parametrize("value", ["cni0\n", "node1\n", "podnet\n"])
+def test_schema_patterns_use_ecma_end_anchor(value):
+    """Python's `$` matches before a final newline; JSON Schema's (ECMA-262) does not."""
+    doc = load.load_bytes(f'network:\n  podCIDR: 10.244.0.0/16\n  bridge: "{value.encode("unicode_escape").decode()}"\nnodes:\n  - name: a\n    address: 1.2.3.4\n'.encode(), "t.yaml")
+    assert [d.message for d in schema.check(doc)] == [f'network.bridge: invalid value {json.dumps(value)}: expected an interface name (1-15 of A-Z a-z 0-9 . _ -)']
