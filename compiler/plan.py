@@ -81,7 +81,7 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
         "pod_cidrs": [str(p.cidr) for p in net.pools],
         "bridge": net.bridge,
         "mtu": net.mtu,
-        "masquerade": net.masquerade,
+        "masquerade": masquerades(topo),
         "routing": net.routing,
         "router": str(net.router) if net.router else "",
         "data_dir": net.data_dir,
@@ -136,9 +136,20 @@ def pod_routes(node: Node) -> List[str]:
     return ["0.0.0.0/0" if s.version == 4 else "::/0" for s in node.subnets]
 
 
+def masquerades(topo: Topology) -> bool:
+    """Masquerade is IPv4's: pods' IPv4 traffic leaving the pod range is SNATed
+    (iptables). IPv6 pod addresses are routed as they are (no ip6tables, no NAT66),
+    so an IPv6-only cluster masquerades nothing whatever `masquerade` says."""
+    return topo.network.masquerade and any(p.family == 4 for p in topo.network.pools)
+
+
 def masquerade_rule(topo: Topology, node: Node) -> List[str]:
-    pod_cidr = next(p.cidr for p in topo.network.pools if p.family == node.subnet.version)
-    return ["-s", str(node.subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
+    """The node's IPv4 masquerade rule ([] when it masquerades nothing)."""
+    if not masquerades(topo):
+        return []
+    subnet = next(s for s in node.subnets if s.version == 4)
+    pod_cidr = next(p.cidr for p in topo.network.pools if p.family == 4)
+    return ["-s", str(subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
 
 
 # Routing (routes.sh). A node's routes.sh depends only on the node itself and the
@@ -169,13 +180,14 @@ def node_routes_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "routing": net.routing,
         "use_table": not router_mode,
         "table_node": node.name,
-        "fixed": [(str(p.cidr), str(net.router)) for p in net.pools if router_mode and net.router and net.router.version == p.family],
+        # router mode: one route per family, the family's pod range via its router
+        "fixed": [(str(p.cidr), str(r)) for p, r in zip(net.pools, net.routers)] if router_mode else [],
         "dev": node.interface,
         "bridge": net.bridge,
         "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
         "own_subnets": " ".join(str(s) for s in node.subnets),
         "forwarding": forwarding_paths(s.version for s in node.subnets),
-        "masquerade": net.masquerade,
+        "masquerade": masquerades(topo),
         "masq_rule": masquerade_rule(topo, node),
     }
 
@@ -235,7 +247,7 @@ def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:
         "type": net.plugin,
         "bridge": net.bridge,
         "isGateway": True,
-        "ipMasq": net.masquerade,
+        "ipMasq": masquerades(topo),
         "mtu": net.mtu,
         "ipam": {
             "dataDir": net.data_dir,

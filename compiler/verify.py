@@ -24,8 +24,11 @@ is always covered) and from pods to other nodes' addresses, DEL every pod, and l
 for leaks: veths on the nodes, leases in the stores, interfaces left in the pods,
 piled-up masquerade rules.
 
-The underlay is one flat L2 network: its prefix is the smallest one holding every node
-address (and the router), so next hops are on-link as routes.sh expects.
+The underlay is one flat L2 network: per address family, its prefix is the smallest
+one holding every node address (and the router), so next hops are on-link as routes.sh
+expects. A dual-stack cluster gets both families everywhere: every machine holds one
+underlay address per family (IPv6 without DAD, so it is usable at once), and every pod
+pair and pod -> node ping runs once per family, so IPv4 and IPv6 are both proven.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from compiler import write
 from compiler.artifacts import build_files
 from compiler.load import load_file
 from compiler.model import Topology
-from compiler.plan import conf_name
+from compiler.plan import conf_name, masquerades
 from compiler.topology import build
 
 IFNAME = "eth0"  # the pods' interface, as runtimes name it
@@ -110,7 +113,8 @@ class Pod:
     index: int
     netns: str
     container_id: str
-    address: str = ""
+    address: str = ""  # the primary family's address
+    addresses: List[str] = field(default_factory=list)  # one per family, as the ADD result lists them
     result: Optional[dict] = None  # the plugin's ADD result (prevResult for CHECK and DEL)
     added: bool = False
 
@@ -130,6 +134,8 @@ class Machine:
     interface: str
     underlay_port: str
     subnet: str = ""
+    addresses: List[str] = field(default_factory=list)  # underlay addresses, one per family (primary first)
+    subnets: List[str] = field(default_factory=list)  # pod subnets, one per family
     mac: str = ""  # of the underlay interface: fixed, so every neighbour entry can be static
     pods: List[Pod] = field(default_factory=list)
     conf: dict = field(default_factory=dict)  # the node's CNI network configuration (conflist or conf)
@@ -146,6 +152,7 @@ class Report:
     pairs_ok: int = 0
     node_pings: int = 0
     node_pings_ok: int = 0
+    families: Tuple[int, ...] = (4,)  # the pods' address families: every pair is pinged once per family
 
     def note(self, node: str, key: str, value: str) -> None:
         self.per_node.setdefault(node, {})[key] = value
@@ -249,14 +256,19 @@ class Cluster:
         self.out = workdir / "out"
         self.created_ns: List[str] = []
         self.underlay_ns = self.prefix + "underlay"
-        self.prefixlen = underlay_prefix([n.address for n in topo.nodes] + ([topo.network.router] if topo.network.router else []))
+        underlay = [a for n in topo.nodes for a in n.addresses] + list(topo.network.routers)
+        # the underlay's prefix per family (every node has one address per pod family)
+        self.prefixlens = {v: underlay_prefix([a for a in underlay if a.version == v]) for v in sorted({a.version for a in underlay})}
+        self.prefixlen = self.prefixlens[topo.nodes[0].address.version]
+        self.report.families = tuple(p.family for p in topo.network.pools)
         self.nodes: List[Machine] = [
-            Machine(n.name, f"{self.prefix}{n.name}", workdir / "nodes" / n.name, str(n.address), n.interface, f"u{i}", str(n.subnet))
+            Machine(n.name, f"{self.prefix}{n.name}", workdir / "nodes" / n.name, str(n.address), n.interface, f"u{i}", str(n.subnet), [str(a) for a in n.addresses], [str(s) for s in n.subnets])
             for i, n in enumerate(topo.nodes)
         ]
         self.router: Optional[Machine] = None
         if topo.network.routing == "router":
-            self.router = Machine("router", self.prefix + "router", workdir / "router", str(topo.network.router), ROUTER_IF, "ur")
+            routers = [str(r) for r in topo.network.routers]
+            self.router = Machine("router", self.prefix + "router", workdir / "router", routers[0], ROUTER_IF, "ur", addresses=routers)
         for m in self.nodes:
             m.pods = [Pod(m.name, k, f"{m.netns}-pod{k}", f"verify-{self.token}-{m.name}-{k}") for k in range(pods_per_node)]
         self.ping = shutil.which("ping") or ""
@@ -368,9 +380,17 @@ class Cluster:
         # all namespaces and holds about 1024 learned entries (gc_thresh3), which a flat
         # L2 of 50 nodes (2,450 pairs) would overflow and then drop packets; permanent
         # entries do not count against that limit. Pods and bridges still use ARP.
+        # IPv6 neighbours likewise (NDP would work, but the entries keep both families alike).
         for m in machines:
-            neigh = [f"neigh replace {o.address} lladdr {o.mac} dev {m.interface} nud permanent" for o in machines if o is not m]
-            self._batch(m.netns, ["link set lo up", f"addr add {m.address}/{self.prefixlen} dev {m.interface}", f"link set {m.interface} up", *neigh], m.name)
+            neigh = [f"neigh replace {a} lladdr {o.mac} dev {m.interface} nud permanent" for o in machines if o is not m for a in o.addresses]
+            addrs = [self._addr_line(m, a) for a in m.addresses]
+            self._batch(m.netns, ["link set lo up", *addrs, f"link set {m.interface} up", *neigh], m.name)
+
+    def _addr_line(self, m: Machine, address: str) -> str:
+        """`ip -batch` line giving m's underlay interface this address; IPv6 without DAD
+        (a tentative address is not a usable next hop or source for a second or more)."""
+        version = ipaddress.ip_address(address).version
+        return f"addr add {address}/{self.prefixlens[version]} dev {m.interface}" + (" nodad" if version == 6 else "")
 
     def _batch(self, netns: str, lines: List[str], what: str) -> None:
         res = self.runner.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(lines) + "\n")
@@ -426,9 +446,11 @@ class Cluster:
         results = self.cni(m, "ADD", m.pods)
         for p in m.pods:
             rc, out, err = results[p.container_id]
-            address = result_address(out) if rc == 0 else ""
-            if rc == 0 and address:
-                p.added, p.address, p.result = True, address, json.loads(out)
+            addresses = result_addresses(out) if rc == 0 else []
+            if rc == 0 and len(addresses) == len(self.report.families):
+                p.added, p.address, p.addresses, p.result = True, addresses[0], addresses, json.loads(out)
+            elif rc == 0:
+                self.report.problems.append(f"{p.name}: ADD returned {len(addresses)} address(es), expected one per family ({len(self.report.families)})")
             else:
                 self.report.problems.append(f"{p.name}: ADD failed (exit {rc}): {plugin_error(out, err)}")
         self.report.note(m.name, "pods", f"{sum(p.added for p in m.pods)}/{len(m.pods)}")
@@ -475,24 +497,31 @@ class Cluster:
     # -- 5. reachability
 
     def reachability(self) -> None:
+        """Every selected pod pair, and every pod -> other node target, once per family
+        (pods and nodes list their addresses in the same family order)."""
         pods_by_node = [[p for p in m.pods if p.added] for m in self.nodes]
         pairs, total = select_pairs(pods_by_node, self.max_pairs)
         node_targets = select_node_targets(pods_by_node, [(m.name, m.address) for m in self.nodes])
-        self.report.pairs_total, self.report.pairs_tested = total, len(pairs)
-        self.report.node_pings = len(node_targets)
-        # per source pod: (address, destination node, destination label, is a node address)
-        targets: Dict[str, List[Tuple[str, str, str, bool]]] = {}
+        families = len(self.report.families)
+        self.report.pairs_total, self.report.pairs_tested = total * families, len(pairs) * families
+        self.report.node_pings = len(node_targets) * families
+        node_addresses = {m.name: m.addresses for m in self.nodes}
+        # per source pod: (address, destination node, destination label, is a node address, source address)
+        targets: Dict[str, List[Tuple[str, str, str, bool, str]]] = {}
         by_ns = {p.netns: p for p in self.all_pods()}
         for src, dst in pairs:
-            targets.setdefault(src.netns, []).append((dst.address, dst.node, dst.name, False))
-        for src, (node_name, address) in node_targets:
-            targets.setdefault(src.netns, []).append((address, node_name, f"node {node_name}", True))
-        self.progress.say(f"pinging: {len(pairs)} of {total} pod pairs and {len(node_targets)} pod -> other node addresses, from {len(targets)} pods")
+            for src_address, address in zip(src.addresses, dst.addresses):
+                targets.setdefault(src.netns, []).append((address, dst.node, dst.name, False, src_address))
+        for src, (node_name, _) in node_targets:
+            for src_address, address in zip(src.addresses, node_addresses[node_name]):
+                targets.setdefault(src.netns, []).append((address, node_name, f"node {node_name}", True, src_address))
+        per_family = f" x {families} families" if families > 1 else ""
+        self.progress.say(f"pinging: {len(pairs)} of {total} pod pairs and {len(node_targets)} pod -> other node addresses{per_family}, from {len(targets)} pods")
         results = self.parallel("pods done pinging", sorted(targets), lambda ns: (ns, self._ping(ns, targets[ns])))
         r = self.report
         for ns, replies in results:
             src = by_ns[ns]
-            for address, dst_node, dst_label, is_node in targets[ns]:
+            for address, dst_node, dst_label, is_node, src_address in targets[ns]:
                 good = replies.get(address) == "ok"
                 if is_node:
                     r.node_pings_ok += good
@@ -502,9 +531,9 @@ class Cluster:
                     r.count(src.node, "out", good)
                     r.count(dst_node, "in", good)
                 if not good:
-                    r.failing_pairs.append((f"{src.name} {src.address}", f"{dst_label} {address}"))
+                    r.failing_pairs.append((f"{src.name} {src_address}", f"{dst_label} {address}"))
 
-    def _ping(self, netns: str, targets: List[Tuple[str, str, str, bool]]) -> Dict[str, str]:
+    def _ping(self, netns: str, targets: List[Tuple[str, str, str, bool, str]]) -> Dict[str, str]:
         """Pings every target address once from the pod; {address: "ok" | "fail"}."""
         ping = self.ping or f"{shutil.which('busybox') or 'busybox'} ping"
         addresses = sorted({t[0] for t in targets})
@@ -532,11 +561,12 @@ class Cluster:
             pod_links = self.runner.run(["ip", "-n", p.netns, "-o", "link", "show"]).stdout
             names = [line.split(":")[1].strip().split("@")[0] for line in pod_links.splitlines() if ":" in line]
             found += [f"interface {n} left in {p.name}" for n in names if n != "lo"]
-        if self.topo.network.masquerade:
+        if masquerades(self.topo):  # IPv4's only: see plan.masquerades
+            subnet = next(s for s in m.subnets if ":" not in s)
             rules = self.on_node(m, ["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"]).stdout
-            masq = [r for r in rules.splitlines() if "MASQUERADE" in r and m.subnet in r]
+            masq = [r for r in rules.splitlines() if "MASQUERADE" in r and subnet in r]
             if len(masq) > 1:
-                found.append(f"{len(masq)} masquerade rules for {m.subnet} (one expected)")
+                found.append(f"{len(masq)} masquerade rules for {subnet} (one expected)")
         self.report.note(m.name, "leaks", "none" if not found else f"{len(found)}")
         self.report.problems += [f"{m.name}: leaked {what}" for what in found]
 
@@ -612,16 +642,21 @@ def select_node_targets(pods_by_node: List[List], nodes: List[Tuple[str, str]]) 
 
 
 def result_address(stdout: str) -> str:
-    """The pod's address from an ADD result: 0.3.0+ `ips`, 0.2.0 `ip4`."""
+    """The pod's (first) address from an ADD result: 0.3.0+ `ips`, 0.2.0 `ip4`/`ip6`."""
+    addresses = result_addresses(stdout)
+    return addresses[0] if addresses else ""
+
+
+def result_addresses(stdout: str) -> List[str]:
+    """Every address of an ADD result, in its order: 0.3.0+ `ips`, 0.2.0 `ip4` then `ip6`."""
     try:
         result = json.loads(stdout)
-        if "ips" in result and result["ips"]:
-            return result["ips"][0]["address"].split("/")[0]
-        if "ip4" in result:
-            return result["ip4"]["ip"].split("/")[0]
+        if result.get("ips"):
+            return [ip["address"].split("/")[0] for ip in result["ips"]]
+        return [result[k]["ip"].split("/")[0] for k in ("ip4", "ip6") if k in result]
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         pass
-    return ""
+    return []
 
 
 def plugin_error(stdout: str, stderr: str) -> str:
@@ -641,12 +676,12 @@ def plugin_error(stdout: str, stderr: str) -> str:
 def preflight(topo: Topology) -> None:
     if os.geteuid() != 0:
         raise VerifyError("needs root: it creates network namespaces, links and routes (all inside namespaces it removes afterwards); run it as root, e.g. `sudo podnet verify TOPOLOGY`")
-    needed = ["ip", "mount"] + (["iptables"] if topo.network.masquerade else [])
+    needed = ["ip", "mount"] + (["iptables"] if masquerades(topo) else [])
     missing = [c for c in needed if not shutil.which(c)]
     if not shutil.which("ping") and not shutil.which("busybox"):
         missing.append("ping")
     if missing:
-        raise VerifyError(f"missing {', '.join(missing)} on PATH; install iproute2, util-linux, iputils-ping{', iptables' if topo.network.masquerade else ''}")
+        raise VerifyError(f"missing {', '.join(missing)} on PATH; install iproute2, util-linux, iputils-ping{', iptables' if masquerades(topo) else ''}")
     res = subprocess.run(["ip", "-V"], capture_output=True, text=True)
     if "iproute2" not in res.stdout + res.stderr:
         raise VerifyError("`ip` on PATH is not iproute2's; install iproute2")
@@ -712,20 +747,22 @@ def _raise_interrupt(signum, frame):
 def print_report(c: Cluster, out) -> None:
     r = c.report
     topo = c.topo
-    print(f"podnet verify {topo.source}: {len(topo.nodes)} nodes x {c.pods_per_node} pods, routing {topo.network.routing}, masquerade {'on' if topo.network.masquerade else 'off'}, CNI {c.conf.get('cniVersion', '?')}", file=out)
+    print(f"podnet verify {topo.source}: {len(topo.nodes)} nodes x {c.pods_per_node} pods, routing {topo.network.routing}, masquerade {'on' if masquerades(topo) else 'off'}, CNI {c.conf.get('cniVersion', '?')}", file=out)
     print("", file=out)
     header = ("node", "subnet", "pods", "routes", "CHECK", "pod->pod out", "pod->pod in", "pod->nodes", "leaks")
     rows = [header]
     for m in ([c.router] if c.router else []) + c.nodes:
         s = r.per_node.get(m.name, {})
-        rows.append((m.name, m.subnet or m.address, s.get("pods", "-"), s.get("routes", "-"), s.get("check", "-"), s.get("out", "-"), s.get("in", "-"), s.get("to_nodes", "-"), s.get("leaks", "-")))
+        rows.append((m.name, " ".join(m.subnets) or " ".join(m.addresses), s.get("pods", "-"), s.get("routes", "-"), s.get("check", "-"), s.get("out", "-"), s.get("in", "-"), s.get("to_nodes", "-"), s.get("leaks", "-")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip(), file=out)
     print("", file=out)
     sampled = "all" if r.pairs_tested == r.pairs_total else "sampled, every node pair both ways"
-    print(f"pod -> pod: {r.pairs_ok}/{r.pairs_tested} replied ({r.pairs_tested} of {r.pairs_total} pairs, {sampled})", file=out)
-    print(f"pod -> other nodes' addresses: {r.node_pings_ok}/{r.node_pings} replied", file=out)
+    n = len(r.families)
+    families = f" x {n} families ({', '.join(f'IPv{v}' for v in r.families)})" if n > 1 else f" over IPv{r.families[0]}" if r.families != (4,) else ""
+    print(f"pod -> pod: {r.pairs_ok}/{r.pairs_tested} replied ({r.pairs_tested // n} of {r.pairs_total // n} pairs{families}, {sampled})", file=out)
+    print(f"pod -> other nodes' addresses: {r.node_pings_ok}/{r.node_pings} replied{families}", file=out)
     if r.failing_pairs:
         print(f"failing pairs ({len(r.failing_pairs)}):", file=out)
         for src, dst in r.failing_pairs:

@@ -7,6 +7,7 @@ underlay interface is one end of a veth pair inside that namespace.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from helpers import have, podnet, sh, write_topology
+from test_plugin_dualstack import compile_dual_stack as compile_pending
 
 SHELLS = [pytest.param(["dash"], id="dash"), pytest.param(["busybox", "ash"], id="busybox-ash")]
 
@@ -54,7 +56,7 @@ nodes:
 def compile_to(tmp_path: Path, text: str, name: str = "out") -> Path:
     topo = write_topology(tmp_path, text, f"{name}.yaml")
     out = tmp_path / name
-    res = podnet("compile", str(topo), "-o", str(out))
+    res = compile_pending("compile", str(topo), "-o", str(out))
     assert res.returncode == 0, res.stderr
     return out
 
@@ -372,3 +374,210 @@ def test_sourced_functions(tmp_path, shell):
     res = subprocess.run([*shell, "-c", f'PODNET_SOURCE_ONLY=1; . "$1"; wanted_routes', "sh", str(script)], capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_ROUTES_TABLE": str(out / "routes.table")})
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == ["10.244.1.0/24 192.168.1.2", "10.244.3.0/24 192.168.1.4"]
+
+
+# ---------------------------------------------------------------- IPv6 and dual-stack
+
+DUAL = """
+network:
+  name: podnet
+  podCIDR: [10.244.0.0/16, "fd00:10:244::/56"]
+  masquerade: {masq}
+  routing: static
+nodes:
+  - name: node1
+    address: [192.168.1.2, "fd00::2"]
+    podCIDR: [10.244.1.0/24, "fd00:10:244:1::/64"]
+  - name: node2
+    address: [192.168.1.3, "fd00::3"]
+    podCIDR: [10.244.2.0/24, "fd00:10:244:2::/64"]
+  - name: node3
+    address: [192.168.1.4, "fd00::4"]
+    podCIDR: [10.244.3.0/24, "fd00:10:244:3::/64"]
+"""
+
+V6ONLY = """
+network:
+  name: podnet
+  podCIDR: "fd00:10:244::/56"
+  routing: {routing}
+{router}
+nodes:
+  - name: node1
+    address: "fd00::2"
+  - name: node2
+    address: "fd00::3"
+  - name: node3
+    address: "fd00::4"
+"""
+
+DUAL_ROUTER = """
+network:
+  name: podnet
+  podCIDR: [10.244.0.0/16, "fd00:10:244::/56"]
+  routing: router
+  router: [192.168.1.1, "fd00::1"]
+nodes:
+  - name: node1
+    address: [192.168.1.2, "fd00::2"]
+  - name: node2
+    address: [192.168.1.3, "fd00::3"]
+  - name: node3
+    address: [192.168.1.4, "fd00::4"]
+"""
+
+FWD4, FWD6 = "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"
+
+
+def underlay_ns_multi(netns, name: str, *cidrs: str) -> str:
+    """A namespace whose eth0 (a veth end, both ends inside) holds every CIDR; IPv6
+    addresses without DAD, so next hops are usable at once."""
+    ns = netns.add(name)
+    sh(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"])
+    sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+    sh(["ip", "-n", ns, "link", "set", "peer0", "up"])
+    for cidr in cidrs:
+        sh(["ip", "-n", ns, "addr", "add", cidr, "dev", "eth0", *(["nodad"] if ":" in cidr else [])])
+    return ns
+
+
+def pod_routes6(ns: str, root: str = "fd00:10:244::/56") -> set:
+    """IPv6 routes inside `root`, without the metric and preference the kernel adds."""
+    out = sh(["ip", "-n", ns, "-6", "route", "show", "root", root]).stdout
+    return {" ".join(line.split()).split(" metric ")[0] for line in out.splitlines()}
+
+
+def sysctl(ns: str, path: str) -> str:
+    return sh(["ip", "netns", "exec", ns, "cat", path]).stdout.strip()
+
+
+def test_dual_stack_table_and_scripts(tmp_path):
+    out = compile_to(tmp_path, DUAL.format(masq="true"))
+    rows = [line.split() for line in (out / "routes.table").read_text().splitlines() if line and not line.startswith("#")]
+    assert rows == [
+        ["10.244.1.0/24", "192.168.1.2", "node1"], ["fd00:10:244:1::/64", "fd00::2", "node1"],
+        ["10.244.2.0/24", "192.168.1.3", "node2"], ["fd00:10:244:2::/64", "fd00::3", "node2"],
+        ["10.244.3.0/24", "192.168.1.4", "node3"], ["fd00:10:244:3::/64", "fd00::4", "node3"],
+    ]
+    text = (out / "nodes" / "node1" / "routes.sh").read_text()
+    assert "POD_CIDRS='10.244.0.0/16 fd00:10:244::/56'" in text
+    assert "OWN_SUBNETS='10.244.1.0/24 fd00:10:244:1::/64'" in text
+    assert f"FORWARDING_FILES='{FWD4} {FWD6}'" in text
+    # masquerade is IPv4's: the one rule names the IPv4 subnet and range, never IPv6
+    assert "'-s' '10.244.1.0/24' '!' '-d' '10.244.0.0/16'" in text and "ip6tables" not in text
+    # IPv6-only: nothing to masquerade, so no iptables at all (masquerade defaults to true)
+    out6 = compile_to(tmp_path, V6ONLY.format(routing="static", router=""), "v6")
+    text6 = (out6 / "nodes" / "node1" / "routes.sh").read_text()
+    assert "iptables" not in text6 and f"FORWARDING_FILES='{FWD6}'" in text6
+    assert "MASQUERADE=0" in (out6 / "nodes" / "node1" / "net-setup.sh").read_text()
+    conf = json.loads(next((out6 / "nodes" / "node1").glob("*.conflist")).read_text())
+    assert conf["plugins"][0]["ipMasq"] is False
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_dual_stack_up_check_down(tmp_path, netns, shell):
+    out = compile_to(tmp_path, DUAL.format(masq="true"))
+    script = install(out, "node1", tmp_path / "etc-podnet")
+    ns = underlay_ns_multi(netns, "rt-dual", "192.168.1.2/24", "fd00::2/64")
+
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f"forwarding off: {FWD4} is 0",
+        f"forwarding off: {FWD6} is 0",
+        "missing route: 10.244.2.0/24 via 192.168.1.3 dev eth0",
+        "missing route: fd00:10:244:2::/64 via fd00::3 dev eth0",
+        "missing route: 10.244.3.0/24 via 192.168.1.4 dev eth0",
+        "missing route: fd00:10:244:3::/64 via fd00::4 dev eth0",
+        f"missing masquerade rule: iptables -t nat {MASQ}",
+    ]
+
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0, res.stderr
+    assert "4 route(s) installed" in res.stdout
+    assert pod_routes(ns) == {"10.244.2.0/24 via 192.168.1.3 dev eth0 proto static", "10.244.3.0/24 via 192.168.1.4 dev eth0 proto static"}
+    assert pod_routes6(ns) == {"fd00:10:244:2::/64 via fd00::3 dev eth0 proto static", "fd00:10:244:3::/64 via fd00::4 dev eth0 proto static"}
+    assert (sysctl(ns, FWD4), sysctl(ns, FWD6)) == ("1", "1")
+    assert masq_rules(ns) == [MASQ]
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 0 and res.stdout == "routes.sh check (node1): ok, 4 route(s) in place\n", res.stdout + res.stderr
+
+    # up twice changes nothing
+    state = (routes(ns), nat(ns))
+    assert "0 route(s) installed" in run(ns, shell, script, "up").stdout
+    assert (routes(ns), nat(ns)) == state
+
+    # IPv6 drift is named like IPv4 drift; the node's own IPv6 subnet on the bridge is not extra
+    sh(["ip", "-n", ns, "route", "del", "fd00:10:244:2::/64"])
+    sh(["ip", "-n", ns, "route", "replace", "fd00:10:244:3::/64", "via", "fd00::9"])
+    sh(["ip", "-n", ns, "route", "add", "fd00:10:244:7::/64", "via", "fd00::7"])
+    sh(["ip", "-n", ns, "link", "add", "cni0", "type", "bridge"])
+    sh(["ip", "-n", ns, "addr", "add", "fd00:10:244:1::1/64", "dev", "cni0", "nodad"])
+    sh(["ip", "-n", ns, "link", "set", "cni0", "up"])
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        "missing route: fd00:10:244:2::/64 via fd00::3 dev eth0",
+        "wrong route: fd00:10:244:3::/64 via fd00::4 dev eth0 (kernel has: fd00:10:244:3::/64 via fd00::9 dev eth0)",
+        "extra route: fd00:10:244:7::/64 via fd00::7 dev eth0",
+    ]
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0 and "2 route(s) installed or fixed" in res.stdout
+
+    # down removes both families' routes and the rule; the extra route and forwarding stay
+    for _ in range(2):
+        res = run(ns, shell, script, "down")
+        assert res.returncode == 0, res.stderr
+    assert pod_routes(ns) == set() and masq_rules(ns) == []
+    assert pod_routes6(ns) == {"fd00:10:244:7::/64 via fd00::7 dev eth0", "fd00:10:244:1::/64 dev cni0 proto kernel"}
+    assert (sysctl(ns, FWD4), sysctl(ns, FWD6)) == ("1", "1")
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_ipv6_only_static(tmp_path, netns, shell):
+    out = compile_to(tmp_path, V6ONLY.format(routing="static", router=""))
+    script = install(out, "node2", tmp_path / "etc")
+    ns = underlay_ns_multi(netns, "rt-v6", "fd00::3/64")
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0, res.stderr
+    assert pod_routes6(ns) == {"fd00:10:244::/64 via fd00::2 dev eth0 proto static", "fd00:10:244:2::/64 via fd00::4 dev eth0 proto static"}
+    assert sysctl(ns, FWD6) == "1" and sysctl(ns, FWD4) == "0"  # only the pods' family
+    assert nat(ns) == ["-P POSTROUTING ACCEPT"]
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 0 and "2 route(s) in place" in res.stdout, res.stdout + res.stderr
+    assert run(ns, shell, script, "down").returncode == 0
+    assert pod_routes6(ns) == set()
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_dual_stack_router_mode(tmp_path, netns, shell):
+    out = compile_to(tmp_path, DUAL_ROUTER)
+    node = install(out, "node2", tmp_path / "node2")
+    router = install(out, "router", tmp_path / "router")
+    node_ns = underlay_ns_multi(netns, "rt-node2", "192.168.1.3/24", "fd00::3/64")
+    router_ns = underlay_ns_multi(netns, "rt-router", "192.168.1.1/24", "fd00::1/64")
+
+    res = run(node_ns, shell, node, "up")
+    assert res.returncode == 0, res.stderr
+    assert pod_routes(node_ns) == {"10.244.0.0/16 via 192.168.1.1 dev eth0 proto static"}
+    assert pod_routes6(node_ns) == {"fd00:10:244::/56 via fd00::1 dev eth0 proto static"}
+    assert run(node_ns, shell, node, "check").returncode == 0
+
+    res = run(router_ns, shell, router, "up")
+    assert res.returncode == 0, res.stderr
+    assert pod_routes(router_ns) == {f"10.244.{i}.0/24 via 192.168.1.{i + 2} dev eth0 proto static" for i in range(3)}
+    assert pod_routes6(router_ns) == {f"fd00:10:244:{i or ''}::/64 via fd00::{i + 2} dev eth0 proto static".replace(":::", "::") for i in range(3)}
+    assert (sysctl(router_ns, FWD4), sysctl(router_ns, FWD6)) == ("1", "1")
+    res = run(router_ns, shell, router, "check")
+    assert res.returncode == 0 and "6 route(s)" in res.stdout
+    sh(["ip", "-n", router_ns, "route", "del", "fd00:10:244:1::/64"])
+    res = run(router_ns, shell, router, "check")
+    assert res.returncode == 1 and res.stdout.splitlines() == ["missing route: fd00:10:244:1::/64 via fd00::3"]
+    assert run(router_ns, shell, router, "down").returncode == 0
+    assert pod_routes(router_ns) == set() and pod_routes6(router_ns) == set()

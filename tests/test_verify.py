@@ -377,3 +377,102 @@ def test_verify_fifty_nodes_four_pods(tmp_path, podnet_plugin, capsys):
     assert all(r.per_node[n]["pods"] == "4/4" and r.per_node[n]["leaks"] == "none" for n in nodes)
     with capsys.disabled():
         print(f"\n50 nodes x 4 pods: {out.strip().splitlines()[-1]}")
+
+
+# ------------------------------------------------------------------ IPv6 and dual-stack
+
+
+def topology_dual(n: int, router: bool = False, families=(4, 6), version: str = "1.0.0") -> str:
+    """n nodes; pod ranges, addresses (and the router) in each of `families`, in that order."""
+    pod = {4: "10.244.0.0/16", 6: '"fd00:10:244::/56"'}
+    underlay = {4: "192.168.0.{}", 6: '"fd00::{:x}"'}
+
+    def one_or_list(values):
+        return values[0] if len(values) == 1 else "[" + ", ".join(values) + "]"
+
+    net = f'network:\n  cniVersion: "{version}"\n  podCIDR: {one_or_list([pod[f] for f in families])}\n'
+    if router:
+        net += f"  routing: router\n  router: {one_or_list([underlay[f].format(1) for f in families])}\n"
+    nodes = "".join(f"  - name: node{i + 1}\n    address: {one_or_list([underlay[f].format(i + 2) for f in families])}\n" for i in range(n))
+    return net + "nodes:\n" + nodes
+
+
+@pytest.fixture
+def ipv6_allowed(monkeypatch):
+    """Compiles IPv6 pod ranges while checks.ipv6_pods_pending still refuses them."""
+    from compiler import checks
+
+    monkeypatch.setattr(checks, "RULES", tuple(r for r in checks.RULES if r.__name__ != "ipv6_pods_pending"))
+
+
+def test_result_addresses_lists_every_family():
+    assert verify.result_addresses('{"ips":[{"address":"10.244.1.2/24"},{"address":"fd00:10:244:1::2/64"}]}') == ["10.244.1.2", "fd00:10:244:1::2"]
+    assert verify.result_addresses('{"ip4":{"ip":"10.244.1.3/24"},"ip6":{"ip":"fd00:10:244:1::3/64"}}') == ["10.244.1.3", "fd00:10:244:1::3"]
+    assert verify.result_addresses('{"ip6":{"ip":"fd00:10:244:1::3/64"}}') == ["fd00:10:244:1::3"]
+    assert verify.result_addresses("[]") == [] and verify.result_addresses("garbage") == []
+
+
+def assert_both_families(cluster, n_pods: int, n_nodes: int) -> None:
+    r = cluster.report
+    assert r.families == (4, 6)
+    assert r.pairs_ok == r.pairs_tested == 2 * n_pods * (n_pods - 1)
+    assert r.node_pings_ok == r.node_pings == 2 * n_nodes * (n_nodes - 1)
+    for m in cluster.nodes:
+        for p in m.pods:
+            v4, v6 = p.addresses
+            assert v4.startswith("10.244.") and v6.startswith("fd00:10:244:"), p.addresses
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.parametrize("version", ["1.0.0", "0.4.0", "0.2.0"])
+def test_verify_dual_stack(tmp_path, podnet_plugin, ipv6_allowed, capsys, version):
+    """Every pod reaches every pod, and every other node, over IPv4 and over IPv6."""
+    ok, cluster = run_verify(write_topology(tmp_path, topology_dual(3, version=version)), pods_per_node=2)
+    out = capsys.readouterr().out
+    assert ok, out
+    assert_both_families(cluster, 6, 3)
+    assert "pod -> pod: 60/60 replied (30 of 30 pairs x 2 families (IPv4, IPv6), all)" in out
+    assert "pod -> other nodes' addresses: 12/12 replied x 2 families (IPv4, IPv6)" in out
+    assert re.search(r"^node1 +10\.244\.0\.0/24 fd00:10:244::/64 +2/2 +ok ", out, re.M), out
+
+
+@needs_root
+@pytest.mark.netns
+def test_verify_dual_stack_router_mode(tmp_path, podnet_plugin, ipv6_allowed, capsys):
+    ok, cluster = run_verify(write_topology(tmp_path, topology_dual(3, router=True)), pods_per_node=2)
+    out = capsys.readouterr().out
+    assert ok, out
+    assert_both_families(cluster, 6, 3)
+    assert re.search(r"^router +192\.168\.0\.1 fd00::1 +- +ok ", out, re.M), out
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.parametrize("router", [False, True], ids=["static", "router"])
+def test_verify_ipv6_only(tmp_path, podnet_plugin, ipv6_allowed, capsys, router):
+    ok, cluster = run_verify(write_topology(tmp_path, topology_dual(3, router=router, families=(6,))), pods_per_node=2)
+    out = capsys.readouterr().out
+    assert ok, out
+    r = cluster.report
+    assert r.families == (6,) and r.pairs_ok == r.pairs_tested == 30 and r.node_pings_ok == 6
+    assert "masquerade off" in out  # nothing to masquerade: no iptables needed
+    assert "pod -> pod: 30/30 replied (30 of 30 pairs over IPv6, all)" in out
+    assert all(":" in p.address for p in cluster.all_pods())
+
+
+@needs_root
+@pytest.mark.netns
+def test_verify_dual_stack_names_the_removed_ipv6_route(tmp_path, podnet_plugin, ipv6_allowed, capsys):
+    """Only IPv6 breaks: the IPv6 pings between exactly those nodes fail, IPv4 passes.
+    Both ways, and node3's pods -> node2's address too: IPv6 is not masqueraded, so
+    every reply to node3's pods needs the removed route."""
+    ok, cluster = run_verify(write_topology(tmp_path, topology_dual(3)), pods_per_node=2, after_routes=remove_route("node2", "fd00:10:244:2::/64"))
+    out = capsys.readouterr().out
+    assert not ok
+    r = cluster.report
+    assert pair_nodes(r) == {("node2", "node3"), ("node3", "node2"), ("node3", "node node2 fd00::3")}, r.failing_pairs
+    assert all(":" in a and ":" in b for a, b in r.failing_pairs)
+    assert r.pairs_ok == 60 - 8 and r.node_pings_ok == 12 - 1
+    assert "missing route: fd00:10:244:2::/64 via fd00::4 dev eth0" in "\n".join(r.problems)
+    assert "node2/pod0 fd00:10:244:1::2 -> node3/pod0 fd00:10:244:2::2: no reply" in out

@@ -12,7 +12,7 @@
 # Direct mode, by hand: net-setup.sh add|check CONTAINER NETNS, net-setup.sh del CONTAINER [NETNS]
 #   NETNS is a name from `ip netns` or a path; the interface is eth0; the output is for people.
 #
-# Needs a POSIX sh (dash and busybox ash work), iproute2, awk, cksum, util-linux flock (or python3
+# Needs a POSIX sh (dash and busybox ash work), iproute2, awk, util-linux flock (or python3
 # where flock is missing) and, with masquerade on, iptables. Sourcing the file only defines functions.
 set -eu
 LC_ALL=C
@@ -82,8 +82,8 @@ esac
 IPAM_TMP_PREFIX=.podnet-lease.
 # A store with more lease files than this is searched with grep (ipam_find).
 IPAM_SCAN_MAX=32
-# Inside the locked subshell "pool exhausted" is this status (2 can also come
-# from a shell error there); ipam_locked turns it into 2 and any other failure into 1.
+# Under the lock "pool exhausted" is this status; ipam_locked turns it into 2
+# and any other failure into 1.
 IPAM_EXHAUSTED=3
 
 
@@ -139,8 +139,11 @@ ipam_valid_pair() {
 
 # ipam_locked OP [ID IFNAME]: runs ipam_op_OP holding the store's lock, with
 # util-linux flock when present; else the Python fallback does OP (same lock,
-# same steps). The lock is an open file description: it dies with the process.
-# Inside, noclobber (set -C) makes every `>` an exclusive create (O_EXCL).
+# same steps). The lock is an open file description (fd 9), taken and released
+# in this shell: no subshell, so the one process is flock. It dies with the
+# process too, so callers that must survive a shell error run this in $(...)
+# (every caller in the plugin does). Meanwhile noclobber (set -C) makes every `>`
+# an exclusive create (O_EXCL); the caller's setting is restored.
 ipam_locked() {
 	if ! command -v flock >/dev/null 2>&1; then
 		ipam_fallback "$@"
@@ -150,23 +153,28 @@ ipam_locked() {
 		echo "ipam: cannot create the lease store $IPAM_STORE; check dataDir and permissions" >&2
 		return 1
 	fi
-	IPAM_RC=0
-	(
-		if ! command exec 9>>"$IPAM_STORE/lock"; then
-			echo "ipam: cannot open $IPAM_STORE/lock; check dataDir and permissions" >&2
-			exit 1
-		fi
-		if ! flock 9; then
-			echo "ipam: cannot lock $IPAM_STORE/lock" >&2
-			exit 1
-		fi
-		set -C
-		ipam_sweep_tmp
-		IPAM_OP=$1
-		shift
-		"ipam_op_$IPAM_OP" "$@"
-	) || IPAM_RC=$?
-	ipam_status "$IPAM_RC" "$IPAM_EXHAUSTED"
+	if ! command exec 9>>"$IPAM_STORE/lock"; then
+		echo "ipam: cannot open $IPAM_STORE/lock; check dataDir and permissions" >&2
+		return 1
+	fi
+	if ! flock 9; then
+		exec 9>&-
+		echo "ipam: cannot lock $IPAM_STORE/lock" >&2
+		return 1
+	fi
+	IPAM_NOCLOBBER=$-
+	set -C
+	IPAM_OP=$1
+	shift
+	ipam_sweep_tmp || :
+	IPAM_LOCKED_RC=0
+	"ipam_op_$IPAM_OP" "$@" || IPAM_LOCKED_RC=$?
+	case $IPAM_NOCLOBBER in
+	*C*) ;;
+	*) set +C ;;
+	esac
+	exec 9>&-
+	ipam_status "$IPAM_LOCKED_RC" "$IPAM_EXHAUSTED"
 }
 
 # ipam_status RC EXHAUSTED_RC: returns 0 for 0, 2 for EXHAUSTED_RC, else 1.
@@ -1203,17 +1211,36 @@ cmd_add() {
 	fi
 }
 
-# veth_name: VETH, the host side's name, "veth" and the CRC of the line "ID/IFNAME" (cksum,
-# decimal, at most 10 digits: 14 bytes, within IFNAMSIZ); the same for ADD, CHECK
-# and DEL. ALIAS, set on the link, proves which attachment a host veth belongs to.
+# veth_name: VETH, the host side's name, "veth" and the decimal 32-bit FNV-1a hash of
+# the bytes of "ID/IFNAME" (at most 10 digits: 14 bytes, within IFNAMSIZ); the same for
+# ADD, CHECK and DEL. ALIAS, set on the link, proves which attachment a host veth
+# belongs to. Computed in the shell: no process.
 veth_name() {
-	# A here-document, not a pipe: one process instead of two.
-	vn_sum=$(cksum <<EOF
-$CID/$IFNAME
-EOF
-	)
-	VETH=veth${vn_sum%% *}
+	fnv1a "$CID/$IFNAME"
+	VETH=veth$HASH
 	ALIAS=podnet:$CID/$IFNAME
+}
+
+# HASH_CHARS: printable ASCII from 32 (space) on, so a byte's code is 32 + its offset.
+HASH_CHARS=' !"#$%&'"'"'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_`abcdefghijklmnopqrstuvwxyz{|}~'
+
+# fnv1a STRING: sets HASH to the 32-bit FNV-1a hash of STRING's bytes (LC_ALL=C, so a
+# character is a byte). A byte outside HASH_CHARS (only IFNAME can hold one) costs a
+# subshell running the printf builtin; others cost a few expansions.
+fnv1a() {
+	HASH=2166136261
+	fh_rest=$1
+	while [ -n "$fh_rest" ]; do
+		fh_ch=${fh_rest%"${fh_rest#?}"}
+		fh_rest=${fh_rest#?}
+		fh_pre=${HASH_CHARS%%"$fh_ch"*}
+		if [ "$fh_pre" = "$HASH_CHARS" ]; then
+			fh_code=$(printf '%d' "'$fh_ch")
+		else
+			fh_code=$((${#fh_pre} + 32))
+		fi
+		HASH=$((((HASH ^ fh_code) * 16777619) & 4294967295))
+	done
 }
 
 # add_veth: the veth pair, its peer created directly inside the pod's netns as IFNAME
