@@ -82,8 +82,8 @@ esac
 IPAM_TMP_PREFIX=.podnet-lease.
 # A store with more lease files than this is searched with grep (ipam_find).
 IPAM_SCAN_MAX=32
-# Inside the locked subshell "pool exhausted" is this status (2 can also come
-# from a shell error there); ipam_locked turns it into 2 and any other failure into 1.
+# Under the lock "pool exhausted" is this status; ipam_locked turns it into 2
+# and any other failure into 1.
 IPAM_EXHAUSTED=3
 
 
@@ -139,8 +139,11 @@ ipam_valid_pair() {
 
 # ipam_locked OP [ID IFNAME]: runs ipam_op_OP holding the store's lock, with
 # util-linux flock when present; else the Python fallback does OP (same lock,
-# same steps). The lock is an open file description: it dies with the process.
-# Inside, noclobber (set -C) makes every `>` an exclusive create (O_EXCL).
+# same steps). The lock is an open file description (fd 9), taken and released
+# in this shell: no subshell, so the one process is flock. It dies with the
+# process too, so callers that must survive a shell error run this in $(...)
+# (every caller in the plugin does). Meanwhile noclobber (set -C) makes every `>`
+# an exclusive create (O_EXCL); the caller's setting is restored.
 ipam_locked() {
 	if ! command -v flock >/dev/null 2>&1; then
 		ipam_fallback "$@"
@@ -150,23 +153,28 @@ ipam_locked() {
 		echo "ipam: cannot create the lease store $IPAM_STORE; check dataDir and permissions" >&2
 		return 1
 	fi
-	IPAM_RC=0
-	(
-		if ! command exec 9>>"$IPAM_STORE/lock"; then
-			echo "ipam: cannot open $IPAM_STORE/lock; check dataDir and permissions" >&2
-			exit 1
-		fi
-		if ! flock 9; then
-			echo "ipam: cannot lock $IPAM_STORE/lock" >&2
-			exit 1
-		fi
-		set -C
-		ipam_sweep_tmp
-		IPAM_OP=$1
-		shift
-		"ipam_op_$IPAM_OP" "$@"
-	) || IPAM_RC=$?
-	ipam_status "$IPAM_RC" "$IPAM_EXHAUSTED"
+	if ! command exec 9>>"$IPAM_STORE/lock"; then
+		echo "ipam: cannot open $IPAM_STORE/lock; check dataDir and permissions" >&2
+		return 1
+	fi
+	if ! flock 9; then
+		exec 9>&-
+		echo "ipam: cannot lock $IPAM_STORE/lock" >&2
+		return 1
+	fi
+	IPAM_NOCLOBBER=$-
+	set -C
+	IPAM_OP=$1
+	shift
+	ipam_sweep_tmp || :
+	IPAM_LOCKED_RC=0
+	"ipam_op_$IPAM_OP" "$@" || IPAM_LOCKED_RC=$?
+	case $IPAM_NOCLOBBER in
+	*C*) ;;
+	*) set +C ;;
+	esac
+	exec 9>&-
+	ipam_status "$IPAM_LOCKED_RC" "$IPAM_EXHAUSTED"
 }
 
 # ipam_status RC EXHAUSTED_RC: returns 0 for 0, 2 for EXHAUSTED_RC, else 1.
