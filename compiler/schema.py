@@ -23,47 +23,29 @@ from compiler.load import Document
 FORMATS = FormatChecker(formats=())
 
 
-@FORMATS.checks("ipv4", raises=ValueError)
-def _ipv4(value: object) -> bool:
-    if isinstance(value, str):
-        ipaddress.IPv4Address(value)
-    return True
+# Our formats, each a parser that raises ValueError on a bad value. Networks parse
+# with strict=False: host bits set are a semantic error with a better message (checks.py).
+_PARSERS = {
+    "ipv4": ipaddress.IPv4Address,
+    "ipv6": ipaddress.IPv6Address,
+    "ip-address": ipaddress.ip_address,
+    "ipv4-network": lambda v: ipaddress.IPv4Network(v, strict=False),
+    "ipv6-network": lambda v: ipaddress.IPv6Network(v, strict=False),
+    "ip-network": lambda v: ipaddress.ip_network(v, strict=False),
+}
 
 
-@FORMATS.checks("ipv6", raises=ValueError)
-def _ipv6(value: object) -> bool:
-    if isinstance(value, str):
-        ipaddress.IPv6Address(value)
-    return True
+def _format_check(parse):
+    def check(value: object) -> bool:
+        if isinstance(value, str):  # other types are the `type` keyword's business
+            parse(value)
+        return True
+
+    return check
 
 
-@FORMATS.checks("ipv4-network", raises=ValueError)
-def _ipv4_network(value: object) -> bool:
-    if isinstance(value, str):
-        # strict=False: host bits are a semantic error with a better message (checks.py)
-        ipaddress.IPv4Network(value, strict=False)
-    return True
-
-
-@FORMATS.checks("ip-address", raises=ValueError)
-def _ip_address(value: object) -> bool:
-    if isinstance(value, str):
-        ipaddress.ip_address(value)
-    return True
-
-
-@FORMATS.checks("ip-network", raises=ValueError)
-def _ip_network(value: object) -> bool:
-    if isinstance(value, str):
-        ipaddress.ip_network(value, strict=False)
-    return True
-
-
-@FORMATS.checks("ipv6-network", raises=ValueError)
-def _ipv6_network(value: object) -> bool:
-    if isinstance(value, str):
-        ipaddress.IPv6Network(value, strict=False)
-    return True
+for _name, _parse in _PARSERS.items():
+    FORMATS.checks(_name, raises=ValueError)(_format_check(_parse))
 
 
 @lru_cache(maxsize=1)
