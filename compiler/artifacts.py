@@ -1,4 +1,4 @@
-"""Topology -> every output file's bytes and mode (plan + render + manifest), in memory."""
+"""Topology -> OUT: plan, render and write, one artifact at a time (plus the manifest)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ from typing import List
 from compiler.model import Topology
 from compiler.plan import plan, source_name
 from compiler.render import render
-from compiler.write import Change, Files, TreeWriter, with_manifest
-
-
-def build_files(topo: Topology, topology_bytes: bytes) -> Files:
-    """Every output file in memory (for tests and small trees)."""
-    files: Files = {a.path: (render(a), a.mode) for a in plan(topo)}
-    return with_manifest(files, topology_bytes, source_name(topo.source))
+from compiler.write import Change, TreeWriter
 
 
 def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: bool = False, on_change=None) -> List[Change]:

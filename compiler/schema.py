@@ -26,11 +26,7 @@ FORMATS = FormatChecker(formats=())
 # Our formats, each a parser that raises ValueError on a bad value. Networks parse
 # with strict=False: host bits set are a semantic error with a better message (checks.py).
 _PARSERS = {
-    "ipv4": ipaddress.IPv4Address,
-    "ipv6": ipaddress.IPv6Address,
     "ip-address": ipaddress.ip_address,
-    "ipv4-network": lambda v: ipaddress.IPv4Network(v, strict=False),
-    "ipv6-network": lambda v: ipaddress.IPv6Network(v, strict=False),
     "ip-network": lambda v: ipaddress.ip_network(v, strict=False),
 }
 
@@ -124,15 +120,6 @@ def check(doc: Document) -> Iterator[Diagnostic]:
         yield from _diagnose(doc, error)
 
 
-def _leaves(error: ValidationError) -> Iterator[ValidationError]:
-    """For $ref/anyOf wrappers, the errors that say what is actually wrong."""
-    if error.context:
-        for sub in error.context:
-            yield from _leaves(sub)
-    else:
-        yield error
-
-
 def _diagnose(doc: Document, error: ValidationError) -> Iterator[Diagnostic]:
     path = tuple(error.absolute_path)
     where = dotted(path)
@@ -188,10 +175,6 @@ def _message(error: ValidationError) -> str:
 
 
 _FORMAT_NAMES = {
-    "ipv4": "IPv4 address",
-    "ipv6": "IPv6 address",
-    "ipv4-network": "IPv4 CIDR (like 10.244.0.0/16)",
-    "ipv6-network": "IPv6 CIDR (like fd00:10:244::/56)",
     "ip-address": "IP address (like 192.168.1.2 or fd00::2)",
     "ip-network": "CIDR (like 10.244.0.0/16 or fd00:10:244::/56)",
 }

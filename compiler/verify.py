@@ -49,8 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from compiler import write
-from compiler.artifacts import build_files
+from compiler.artifacts import compile_into
 from compiler.load import load_file
 from compiler.model import Topology
 from compiler.plan import conf_name, masquerades
@@ -304,8 +303,7 @@ class Cluster:
     # -- 1. compile and install
 
     def compile(self, doc_text: bytes) -> None:
-        files = build_files(self.topo, doc_text)
-        write.apply(str(self.out), files, write.changes(str(self.out), files))
+        compile_into(str(self.out), self.topo, doc_text)
         for m in self.nodes:
             m.conf = json.loads((self.out / "nodes" / m.name / conf_name(self.topo)).read_text())
         self.conf = self.nodes[0].conf  # cniVersion, name and type are the same on every node

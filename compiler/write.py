@@ -20,9 +20,6 @@ from compiler import __version__
 
 MANIFEST = "manifest.json"
 
-Files = Dict[str, Tuple[bytes, int]]  # relative path -> (content, mode)
-
-
 @dataclass
 class Change:
     path: str
@@ -44,21 +41,6 @@ class Change:
         return f"mode of {self.path} differs\n"
 
 
-def with_manifest(files: Files, topology_bytes: bytes, source: str) -> Files:
-    """Adds manifest.json: every artifact's sha256 and mode, the topology's digest, podnet's version."""
-    manifest = {
-        "podnet": __version__,
-        "topology": {"file": source, "sha256": hashlib.sha256(topology_bytes).hexdigest()},
-        "artifacts": {
-            path: {"mode": f"{mode:04o}", "sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
-            for path, (content, mode) in sorted(files.items())
-        },
-    }
-    out = dict(files)
-    out[MANIFEST] = ((json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode(), 0o644)
-    return out
-
-
 def previous_artifacts(out_dir: str) -> List[str]:
     """The files podnet wrote last time, per the old manifest (empty when there is none)."""
     try:
@@ -74,58 +56,6 @@ def previous_artifacts(out_dir: str) -> List[str]:
 def _safe_relpath(p: str) -> bool:
     parts = p.split("/")
     return bool(p) and not p.startswith("/") and ".." not in parts and "" not in parts
-
-
-def changes(out_dir: str, files: Files) -> List[Change]:
-    """What writing `files` into out_dir would change, sorted by path."""
-    result: List[Change] = []
-    for path, (content, mode) in sorted(files.items()):
-        full = os.path.join(out_dir, path)
-        try:
-            with open(full, "rb") as f:
-                old = f.read()
-            old_mode = os.stat(full).st_mode & 0o777
-        except FileNotFoundError:
-            result.append(Change(path, "new", None, content))
-            continue
-        if old != content:
-            result.append(Change(path, "changed", old, content))
-        elif old_mode != mode:
-            result.append(Change(path, "mode", old, content))
-    for path in previous_artifacts(out_dir):
-        if path not in files and os.path.isfile(os.path.join(out_dir, path)):
-            with open(os.path.join(out_dir, path), "rb") as f:
-                result.append(Change(path, "removed", f.read(), None))
-    return sorted(result, key=lambda c: c.path)
-
-
-def apply(out_dir: str, files: Files, pending: List[Change]) -> None:
-    """Writes what `changes` found. New contents go to temporary files first, then one
-    sync, then each is renamed over its target (atomic per file); the manifest is
-    renamed last, so a crash part-way leaves the previous manifest."""
-    staged: List[Tuple[str, str]] = []  # (temp, target)
-    try:
-        for change in pending:
-            if change.kind in ("new", "changed"):
-                content, mode = files[change.path]
-                full = os.path.join(out_dir, change.path)
-                staged.append((_stage(full, content, mode), full))
-        if staged:
-            os.sync()  # one sync for all files, not an fsync per file
-        staged.sort(key=lambda s: s[1].endswith(os.sep + MANIFEST) or s[1] == MANIFEST)
-        while staged:
-            tmp, full = staged.pop(0)
-            os.replace(tmp, full)
-    finally:
-        for tmp, _ in staged:
-            _unlink_quietly(tmp)
-    for change in pending:
-        full = os.path.join(out_dir, change.path)
-        if change.kind == "removed":
-            os.unlink(full)
-            _prune_empty_dirs(out_dir, os.path.dirname(change.path))
-        elif change.kind == "mode":
-            os.chmod(full, files[change.path][1])
 
 
 class TreeWriter:
@@ -196,10 +126,8 @@ class TreeWriter:
                 os.sync()  # one sync for all files, not an fsync per file
             manifest = os.path.join(self.out_dir, MANIFEST)
             self._staged.sort(key=lambda s: s[1] == manifest)
-            while self._staged:
-                tmp, full = self._staged[0]
-                os.replace(tmp, full)
-                self._staged.pop(0)
+            for tmp, full in self._staged:
+                os.replace(tmp, full)  # abort() later skips temp names already renamed
             for path, mode in self._modes.items():
                 os.chmod(os.path.join(self.out_dir, path), mode)
             for change in self.pending:
