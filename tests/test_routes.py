@@ -122,7 +122,7 @@ def test_router_mode_emits_router_script(tmp_path):
     out = compile_to(tmp_path, ROUTER)
     router = (out / "router" / "routes.sh").read_text()
     node = (out / "nodes" / "node2" / "routes.sh").read_text()
-    assert "echo '10.244.0.0/16' '192.168.1.1'" in node  # the node's one route
+    assert "FIXED_ROUTES='10.244.0.0/16 192.168.1.1'" in node  # the node's one route
     assert "routes.table" in router and "iptables" not in router
     assert (out / "router" / "routes.sh").stat().st_mode & 0o777 == 0o755
     manifest = (out / "manifest.json").read_text()
