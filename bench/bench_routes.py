@@ -62,11 +62,10 @@ def sourced(ns: str, script: Path, body: str) -> list:
 
 
 def processes(ns: str, script: Path, action: str, work: Path) -> int:
-    """Processes `routes.sh ACTION` starts (successful execve under strace -f, the shell's own included)."""
+    """Processes `routes.sh ACTION` starts: successful execve under `strace -f -z`, the shell's own included."""
     log = work / "strace.log"
-    subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(log), "ip", "netns", "exec", ns, "sh", str(script), action], capture_output=True)
-    lines = [line for line in log.read_text().splitlines() if "execve(" in line and " = 0" in line]
-    return len(lines) - 1  # not `ip netns exec` itself
+    subprocess.run(["strace", "-f", "-qq", "-z", "-e", "trace=execve", "-o", str(log), "ip", "netns", "exec", ns, "sh", str(script), action], capture_output=True)
+    return sum("execve(" in line for line in log.read_text().splitlines()) - 1  # not `ip netns exec` itself
 
 
 def report(title: str, results: dict) -> None:
