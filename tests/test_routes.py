@@ -97,6 +97,15 @@ def pod_routes(ns: str) -> set:
     return {" ".join(line.split()) for line in out.splitlines()}
 
 
+# podnet's nexthop ids: NH + the line's number in routes.table (router mode: the pair's number)
+NH = 1800000000
+
+
+def nexthops(ns: str) -> set:
+    out = sh(["ip", "-n", ns, "nexthop", "show"]).stdout
+    return {" ".join(line.split()) for line in out.splitlines()}
+
+
 MASQ = "-A POSTROUTING -s 10.244.1.0/24 ! -d 10.244.0.0/16 -m comment --comment podnet:podnet -j MASQUERADE"
 
 
@@ -197,7 +206,9 @@ def test_up_check_down_lifecycle(tmp_path, netns, shell):
     res = run(ns, shell, script, "up")
     assert res.returncode == 0, res.stderr
     assert "2 route(s) installed" in res.stdout
-    assert pod_routes(ns) == {"10.244.2.0/24 via 192.168.1.3 dev eth0 proto static", "10.244.3.0/24 via 192.168.1.4 dev eth0 proto static"}
+    # each route through its own nexthop object, id NH_BASE + the line's number in routes.table
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 3} via 192.168.1.4 dev eth0 proto static"}
+    assert nexthops(ns) == {f"id {NH + 2} via 192.168.1.3 dev eth0 scope link proto 244", f"id {NH + 3} via 192.168.1.4 dev eth0 scope link proto 244"}
     assert masq_rules(ns) == [MASQ]
     assert sh(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
 
@@ -215,7 +226,7 @@ def test_up_check_down_lifecycle(tmp_path, netns, shell):
     for _ in range(2):
         res = run(ns, shell, script, "down")
         assert res.returncode == 0, res.stderr
-        assert pod_routes(ns) == set() and masq_rules(ns) == []
+        assert pod_routes(ns) == set() and masq_rules(ns) == [] and nexthops(ns) == set()
     assert sh(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
 
 
@@ -290,12 +301,14 @@ def test_router_mode_node_and_router(tmp_path, netns, shell):
     router_ns = underlay_ns(netns, "192.168.1.1")
 
     assert run(node_ns, shell, node, "up").returncode == 0
-    assert pod_routes(node_ns) == {"10.244.0.0/16 via 192.168.1.1 dev eth0 proto static"}
+    assert pod_routes(node_ns) == {f"10.244.0.0/16 nhid {NH + 1} via 192.168.1.1 dev eth0 proto static"}
     assert run(node_ns, shell, node, "check").returncode == 0
 
+    # the router's script has no device (DEV=''; the kernel picks it per next hop): plain routes
     res = run(router_ns, shell, router, "up")
     assert res.returncode == 0, res.stderr
     assert pod_routes(router_ns) == {f"10.244.{i}.0/24 via 192.168.1.{i + 2} dev eth0 proto static" for i in range(3)}
+    assert nexthops(router_ns) == set()
     assert nat(router_ns) == ["-P POSTROUTING ACCEPT"]  # a router forwards, it does not masquerade
     res = run(router_ns, shell, router, "check")
     assert res.returncode == 0 and "3 route(s)" in res.stdout
@@ -533,8 +546,9 @@ def test_dual_stack_up_check_down(tmp_path, netns, shell):
     res = run(ns, shell, script, "up")
     assert res.returncode == 0, res.stderr
     assert "4 route(s) installed" in res.stdout
-    assert pod_routes(ns) == {"10.244.2.0/24 via 192.168.1.3 dev eth0 proto static", "10.244.3.0/24 via 192.168.1.4 dev eth0 proto static"}
-    assert pod_routes6(ns) == {"fd00:10:244:2::/64 via fd00::3 dev eth0 proto static", "fd00:10:244:3::/64 via fd00::4 dev eth0 proto static"}
+    # ids follow routes.table's lines: 10.244.1, fd00:10:244:1, 10.244.2, fd00:10:244:2, ...
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 3} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 5} via 192.168.1.4 dev eth0 proto static"}
+    assert pod_routes6(ns) == {f"fd00:10:244:2::/64 nhid {NH + 4} via fd00::3 dev eth0 proto static", f"fd00:10:244:3::/64 nhid {NH + 6} via fd00::4 dev eth0 proto static"}
     assert (sysctl(ns, FWD4), sysctl(ns, FWD6)) == ("1", "1")
     assert masq_rules(ns) == [MASQ]
     res = run(ns, shell, script, "check")
@@ -566,7 +580,7 @@ def test_dual_stack_up_check_down(tmp_path, netns, shell):
     for _ in range(2):
         res = run(ns, shell, script, "down")
         assert res.returncode == 0, res.stderr
-    assert pod_routes(ns) == set() and masq_rules(ns) == []
+    assert pod_routes(ns) == set() and masq_rules(ns) == [] and nexthops(ns) == set()
     assert pod_routes6(ns) == {"fd00:10:244:7::/64 via fd00::7 dev eth0", "fd00:10:244:1::/64 dev cni0 proto kernel"}
     assert (sysctl(ns, FWD4), sysctl(ns, FWD6)) == ("1", "1")
 
@@ -580,7 +594,7 @@ def test_ipv6_only_static(tmp_path, netns, shell):
     ns = underlay_ns_multi(netns, "rt-v6", "fd00::3/64")
     res = run(ns, shell, script, "up")
     assert res.returncode == 0, res.stderr
-    assert pod_routes6(ns) == {"fd00:10:244::/64 via fd00::2 dev eth0 proto static", "fd00:10:244:2::/64 via fd00::4 dev eth0 proto static"}
+    assert pod_routes6(ns) == {f"fd00:10:244::/64 nhid {NH + 1} via fd00::2 dev eth0 proto static", f"fd00:10:244:2::/64 nhid {NH + 3} via fd00::4 dev eth0 proto static"}
     assert sysctl(ns, FWD6) == "1" and sysctl(ns, FWD4) == "0"  # only the pods' family
     assert nat(ns) == ["-P POSTROUTING ACCEPT"]
     res = run(ns, shell, script, "check")
@@ -601,8 +615,8 @@ def test_dual_stack_router_mode(tmp_path, netns, shell):
 
     res = run(node_ns, shell, node, "up")
     assert res.returncode == 0, res.stderr
-    assert pod_routes(node_ns) == {"10.244.0.0/16 via 192.168.1.1 dev eth0 proto static"}
-    assert pod_routes6(node_ns) == {"fd00:10:244::/56 via fd00::1 dev eth0 proto static"}
+    assert pod_routes(node_ns) == {f"10.244.0.0/16 nhid {NH + 1} via 192.168.1.1 dev eth0 proto static"}
+    assert pod_routes6(node_ns) == {f"fd00:10:244::/56 nhid {NH + 2} via fd00::1 dev eth0 proto static"}
     assert run(node_ns, shell, node, "check").returncode == 0
 
     res = run(router_ns, shell, router, "up")
