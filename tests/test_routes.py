@@ -631,3 +631,184 @@ def test_dual_stack_router_mode(tmp_path, netns, shell):
     assert res.returncode == 1 and res.stdout.splitlines() == ["missing route: fd00:10:244:1::/64 via fd00::3"]
     assert run(router_ns, shell, router, "down").returncode == 0
     assert pod_routes(router_ns) == set() and pod_routes6(router_ns) == set()
+
+
+# ---------------------------------------------------------------- nexthop objects
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_nexthop_drift_named_and_repaired(tmp_path, netns, shell):
+    """A route whose nexthop has the wrong gateway or device is wrong; up repairs the
+    nexthop alone; a podnet nexthop no intended route uses is named as extra."""
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    sh(["ip", "-n", ns, "addr", "add", "192.168.1.22/24", "dev", "peer0"])
+    assert run(ns, shell, script, "up").returncode == 0
+    sh(["ip", "-n", ns, "nexthop", "replace", "id", str(NH + 2), "via", "192.168.1.9", "dev", "eth0", "proto", "244"])
+    sh(["ip", "-n", ns, "nexthop", "replace", "id", str(NH + 3), "via", "192.168.1.4", "dev", "peer0", "proto", "244"])
+    sh(["ip", "-n", ns, "nexthop", "add", "id", str(NH + 7), "via", "192.168.1.7", "dev", "eth0", "proto", "244"])
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f"wrong route: 10.244.2.0/24 via 192.168.1.3 dev eth0 (kernel has: 10.244.2.0/24 nhid {NH + 2} via 192.168.1.9 dev eth0)",
+        f"wrong route: 10.244.3.0/24 via 192.168.1.4 dev eth0 (kernel has: 10.244.3.0/24 nhid {NH + 3} via 192.168.1.4 dev peer0)",
+        f"extra nexthop: id {NH + 7} via 192.168.1.7 dev eth0 proto 244",
+    ]
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0 and "2 route(s) installed or fixed" in res.stdout, res.stderr
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 3} via 192.168.1.4 dev eth0 proto static"}
+    assert run(ns, shell, script, "check").stdout.splitlines() == [f"extra nexthop: id {NH + 7} via 192.168.1.7 dev eth0 proto 244"]
+    # down removes the intended routes and their nexthops; the extra one is left for a person
+    assert run(ns, shell, script, "down").returncode == 0
+    assert pod_routes(ns) == set() and nexthops(ns) == {f"id {NH + 7} via 192.168.1.7 dev eth0 scope link proto 244"}
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_foreign_nexthop_with_podnet_id_refused(tmp_path, netns, shell):
+    """A nexthop that holds one of podnet's ids but is not podnet's (another protocol):
+    up refuses before it changes anything, naming the id; check names it; down leaves it."""
+    out = compile_to(tmp_path, STATIC.format(masq="true"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    sh(["ip", "-n", ns, "nexthop", "add", "id", str(NH + 3), "via", "192.168.1.9", "dev", "eth0", "proto", "zebra"])
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 1
+    assert res.stderr.splitlines() == [
+        f"routes.sh: refusing to replace nexthop {NH + 3} (id {NH + 3} via 192.168.1.9 dev eth0 proto zebra): it is not podnet's (proto 244) "
+        "and podnet needs its id for 10.244.3.0/24; give it another id, or set PODNET_NEXTHOPS=0 for plain routes"
+    ]
+    # nothing acted: no route, no nexthop, forwarding and masquerade untouched
+    assert pod_routes(ns) == set() and masq_rules(ns) == [] and sysctl(ns, FWD4) == "0"
+    assert nexthops(ns) == {f"id {NH + 3} via 192.168.1.9 dev eth0 scope link proto zebra"}
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 1
+    assert f"foreign nexthop: id {NH + 3} via 192.168.1.9 dev eth0 proto zebra is not podnet's (proto 244); podnet needs id {NH + 3} for 10.244.3.0/24" in res.stdout.splitlines()
+    assert run(ns, shell, script, "down").returncode == 0
+    assert nexthops(ns) == {f"id {NH + 3} via 192.168.1.9 dev eth0 scope link proto zebra"}
+    # the way out the message names: plain routes, which leave nexthop objects alone
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_NEXTHOPS": "0"}
+    assert run(ns, shell, script, "up", env=env).returncode == 0
+    assert pod_routes(ns) == {"10.244.2.0/24 via 192.168.1.3 dev eth0 proto static", "10.244.3.0/24 via 192.168.1.4 dev eth0 proto static"}
+    assert run(ns, shell, script, "check", env=env).returncode == 0
+
+
+@needs_net
+@pytest.mark.netns
+def test_down_leaves_foreign_nexthops_and_routes(tmp_path, netns):
+    """Other software's nexthops (other ids, or podnet's range with another protocol)
+    and the routes using them survive up, down and are not podnet's extras."""
+    out = compile_to(tmp_path, DUAL.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns_multi(netns, "rt-foreign", "192.168.1.2/24", "fd00::2/64")
+    sh(["ip", "-n", ns, "nexthop", "add", "id", "7", "via", "192.168.1.7", "dev", "eth0", "proto", "zebra"])
+    sh(["ip", "-n", ns, "nexthop", "add", "id", str(NH + 99), "via", "fd00::9", "dev", "eth0"])  # podnet's range, not its protocol
+    sh(["ip", "-n", ns, "route", "add", "10.244.7.0/24", "nhid", "7"])  # inside podCIDR: an extra route
+    sh(["ip", "-n", ns, "route", "add", "192.0.2.0/24", "nhid", "7"])
+    sh(["ip", "-n", ns, "route", "add", "2001:db8::/64", "nhid", str(NH + 99)])
+    foreign = (nexthops(ns), [r for r in routes(ns) if "nhid 7 " in r or f"nhid {NH + 99} " in r])
+    assert run(ns, ["dash"], script, "up").returncode == 0
+    res = run(ns, ["dash"], script, "check")
+    assert res.returncode == 1 and res.stdout.splitlines() == ["extra route: 10.244.7.0/24 nhid 7 via 192.168.1.7 dev eth0"]
+    for _ in range(2):
+        assert run(ns, ["dash"], script, "down").returncode == 0
+    assert (nexthops(ns), [r for r in routes(ns) if "nhid 7 " in r or f"nhid {NH + 99} " in r]) == foreign
+    assert pod_routes6(ns) == set()
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_upgrade_from_plain_routes(tmp_path, netns, shell):
+    """A node holding the plain routes of routes.sh before nexthops: check calls them
+    wrong, up converges on the nexthop form, check is clean after it."""
+    out = compile_to(tmp_path, DUAL.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns_multi(netns, "rt-upgrade", "192.168.1.2/24", "fd00::2/64")
+    for dst, via in (("10.244.2.0/24", "192.168.1.3"), ("10.244.3.0/24", "192.168.1.4"), ("fd00:10:244:2::/64", "fd00::3"), ("fd00:10:244:3::/64", "fd00::4")):
+        sh(["ip", "-n", ns, "route", "replace", dst, "via", via, "dev", "eth0", "proto", "static"])
+    sysctls = [f"echo 1 > {FWD4}", f"echo 1 > {FWD6}"]
+    sh(["ip", "netns", "exec", ns, "sh", "-c", "; ".join(sysctls)])
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f"wrong route: 10.244.2.0/24 via 192.168.1.3 dev eth0 (kernel has: 10.244.2.0/24 via 192.168.1.3 dev eth0, not nexthop {NH + 3})",
+        f"wrong route: fd00:10:244:2::/64 via fd00::3 dev eth0 (kernel has: fd00:10:244:2::/64 via fd00::3 dev eth0, not nexthop {NH + 4})",
+        f"wrong route: 10.244.3.0/24 via 192.168.1.4 dev eth0 (kernel has: 10.244.3.0/24 via 192.168.1.4 dev eth0, not nexthop {NH + 5})",
+        f"wrong route: fd00:10:244:3::/64 via fd00::4 dev eth0 (kernel has: fd00:10:244:3::/64 via fd00::4 dev eth0, not nexthop {NH + 6})",
+    ]
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0 and "4 route(s) installed or fixed" in res.stdout, res.stderr
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 3} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 5} via 192.168.1.4 dev eth0 proto static"}
+    assert pod_routes6(ns) == {f"fd00:10:244:2::/64 nhid {NH + 4} via fd00::3 dev eth0 proto static", f"fd00:10:244:3::/64 nhid {NH + 6} via fd00::4 dev eth0 proto static"}
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 0 and res.stdout == "routes.sh check (node1): ok, 4 route(s) in place\n", res.stdout + res.stderr
+    # down also removes the old form, should a node still hold it
+    sh(["ip", "-n", ns, "route", "replace", "10.244.2.0/24", "via", "192.168.1.3", "dev", "eth0", "proto", "static"])
+    res = run(ns, shell, script, "down")
+    assert res.returncode == 0 and "4 route(s) removed" in res.stdout, res.stderr
+    assert pod_routes(ns) == set() and pod_routes6(ns) == set() and nexthops(ns) == set()
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_no_nexthop_support_falls_back_to_plain_routes(tmp_path, netns, shell):
+    """An iproute2 or kernel without nexthop objects (simulated: an `ip` on PATH that
+    fails every nexthop command as iproute2 before 5.3 does): routes.sh says so on stderr
+    and installs, checks and removes plain routes. PODNET_NEXTHOPS=0 does the same silently."""
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    old = tmp_path / "old-ip"
+    old.mkdir()
+    (old / "ip").write_text(
+        "#!/bin/sh\n"
+        "# iproute2 without nexthop objects: any nexthop command fails, the rest is the real ip\n"
+        'case " $* " in *" nexthop "*) echo \'Object "nexthop" is unknown, try "ip help".\' >&2; exit 255 ;; esac\n'
+        'case " $* " in *" -batch "*) input=$(cat); case "$input" in *nexthop*) echo \'Object "nexthop" is unknown, try "ip help".\' >&2; exit 1 ;; esac\n'
+        f'  printf "%s\\n" "$input" | exec {shutil.which("ip")} "$@" ;; esac\n'
+        f'exec {shutil.which("ip")} "$@"\n'
+    )
+    (old / "ip").chmod(0o755)
+    warning = 'routes.sh (node1): no nexthop objects here (ip nexthop show: Object "nexthop" is unknown, try "ip help".); installing plain routes'
+    plain = {"10.244.2.0/24 via 192.168.1.3 dev eth0 proto static", "10.244.3.0/24 via 192.168.1.4 dev eth0 proto static"}
+    for env, says in (({"PATH": f"{old}:/usr/sbin:/usr/bin:/sbin:/bin"}, [warning]), ({"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_NEXTHOPS": "0"}, [])):
+        res = run(ns, shell, script, "up", env=env)
+        assert res.returncode == 0 and "2 route(s) installed" in res.stdout, res.stderr
+        assert res.stderr.splitlines() == says
+        assert pod_routes(ns) == plain and nexthops(ns) == set()
+        res = run(ns, shell, script, "check", env=env)
+        assert res.returncode == 0 and res.stdout == "routes.sh check (node1): ok, 2 route(s) in place\n", res.stdout + res.stderr
+        sh(["ip", "-n", ns, "route", "replace", "10.244.3.0/24", "via", "192.168.1.9"])
+        res = run(ns, shell, script, "check", env=env)
+        assert res.stdout.splitlines() == ["wrong route: 10.244.3.0/24 via 192.168.1.4 dev eth0 (kernel has: 10.244.3.0/24 via 192.168.1.9 dev eth0)"]
+        assert "1 route(s) installed or fixed" in run(ns, shell, script, "up", env=env).stdout
+        res = run(ns, shell, script, "down", env=env)
+        assert res.returncode == 0 and "2 route(s) removed" in res.stdout
+        assert pod_routes(ns) == set()
+
+
+@needs_net
+@pytest.mark.netns
+def test_nexthop_compat_mode_off(tmp_path, netns):
+    """With net.ipv4.nexthop_compat_mode=0 the kernel lists a route by its nexthop id
+    only: check still reads next hop and device from the nexthop objects."""
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    if subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.nexthop_compat_mode=0"], capture_output=True).returncode != 0:
+        pytest.skip("no net.ipv4.nexthop_compat_mode on this kernel")
+    assert run(ns, ["dash"], script, "up").returncode == 0
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 2} proto static", f"10.244.3.0/24 nhid {NH + 3} proto static"}
+    assert run(ns, ["dash"], script, "check").returncode == 0
+    sh(["ip", "-n", ns, "nexthop", "replace", "id", str(NH + 2), "via", "192.168.1.9", "dev", "eth0", "proto", "244"])
+    res = run(ns, ["dash"], script, "check")
+    assert res.stdout.splitlines() == [f"wrong route: 10.244.2.0/24 via 192.168.1.3 dev eth0 (kernel has: 10.244.2.0/24 nhid {NH + 2} via 192.168.1.9 dev eth0)"]
+    assert "1 route(s) installed or fixed" in run(ns, ["dash"], script, "up").stdout
+    assert run(ns, ["dash"], script, "down").returncode == 0
+    assert pod_routes(ns) == set() and nexthops(ns) == set()
