@@ -1,12 +1,15 @@
 """Benchmark: `routes.sh up | check | up (no-op) | down` with thousands of routes,
 inside a network namespace this script creates and removes. Prints medians; asserts nothing.
 
-Besides the four actions it prints, interleaved with them in every round:
-- the kernel floor: the very `ip -batch` lines `up` and `down` send, run alone
-  (`ip netns exec NS ip -force -batch FILE`), and `ip netns exec NS true`;
-- where `up`'s time goes: the script sourced (PODNET_SOURCE_ONLY=1) and run step by
-  step, each prefix of cmd_up from a clean state; a step's cost is the difference of
-  the medians of its prefix and the one before;
+Both ways routes.sh installs routes run interleaved in every round: the nexthop form
+(the default: a kernel nexthop object per route, the route using it by id) and the
+plain form (`PODNET_NEXTHOPS=0`: `route replace D via GW dev DEV`, what routes.sh did
+before), plus `up` on a node holding the plain form (the upgrade). Besides, per round:
+- the kernel floor: the very `ip -batch` lines `up` and `down` send in each form, run
+  alone (`ip netns exec NS ip -force -batch FILE`), and `ip netns exec NS true`;
+- where `up`'s time goes (nexthop form): the script sourced (PODNET_SOURCE_ONLY=1) and
+  run step by step, each prefix of cmd_up from a clean state; a step's cost is the
+  difference of the medians of its prefix and the one before;
 - the processes each action starts (execve under `strace -f`, when strace is there):
   a count that does not depend on the machine's load.
 
@@ -36,8 +39,8 @@ from gen_topology import generate  # noqa: E402
 UP_STEPS = [
     ("start (netns exec, sh, source)", ":"),
     ("require_tools (ip -V)", "require_tools"),
+    ("plan up (ip -batch read, awk)", "plan up"),
     ("setup_forwarding", "setup_forwarding"),
-    ("plan up (ip route show, awk)", "plan up"),
     ("apply_batch (ip -batch)", "apply_batch install"),
     ("masquerade (iptables -C, -A)", "masq_rule -C >/dev/null 2>&1 || masq_rule -A"),
 ]
@@ -61,10 +64,10 @@ def sourced(ns: str, script: Path, body: str) -> list:
     return ["ip", "netns", "exec", ns, "sh", "-c", f'PODNET_SOURCE_ONLY=1; . "$1"; {body}', "sh", str(script)]
 
 
-def processes(ns: str, script: Path, action: str, work: Path) -> int:
+def processes(ns: str, script: Path, action: str, work: Path, env=None) -> int:
     """Processes `routes.sh ACTION` starts: successful execve under `strace -f -z`, the shell's own included."""
     log = work / "strace.log"
-    subprocess.run(["strace", "-f", "-qq", "-z", "-e", "trace=execve", "-o", str(log), "ip", "netns", "exec", ns, "sh", str(script), action], capture_output=True)
+    subprocess.run(["strace", "-f", "-qq", "-z", "-e", "trace=execve", "-o", str(log), "ip", "netns", "exec", ns, "sh", str(script), action], capture_output=True, env=env)
     return sum("execve(" in line for line in log.read_text().splitlines()) - 1  # not `ip netns exec` itself
 
 
@@ -72,7 +75,7 @@ def report(title: str, results: dict) -> None:
     print(title)
     for name, walls in results.items():
         ms = [w * 1000 for w in walls]
-        print(f"  {name:34s} {statistics.median(ms):7.1f} ms   ({min(ms):.1f}-{max(ms):.1f})")
+        print(f"  {name:44s} {statistics.median(ms):7.1f} ms   ({min(ms):.1f}-{max(ms):.1f})")
 
 
 def main() -> None:
@@ -103,26 +106,34 @@ def main() -> None:
         def run(action: str) -> list:
             return ["ip", "netns", "exec", ns, "sh", str(script), action]
 
-        # the batches up and down send, for the floor
+        # the two forms: the environment routes.sh runs with
+        forms = {"nexthop": dict(os.environ), "plain": dict(os.environ, PODNET_NEXTHOPS="0")}
+        # the batches up and down send in each form, for the floor
         batches = {}
-        for action in ("up", "down"):
-            lines = sh(*sourced(ns, script, f'require_tools; plan {action}; printf "%s\\n" "$LINES"'), env=senv).stdout
-            (work / f"{action}.batch").write_text(lines)
-            batches[action] = lines.count("\n")
-            timed(run(action))
+        for form, fenv in forms.items():
+            for action in ("up", "down"):
+                lines = sh(*sourced(ns, script, f'require_tools; plan {action}; printf "%s\\n" "$LINES"'), env={**senv, **fenv}).stdout
+                (work / f"{form}-{action}.batch").write_text(lines)
+                batches[form, action] = lines.count("\n")
+                timed(run(action), env=fenv)
         steps = [s for s in UP_STEPS if "masq_rule" not in s[1] or "masq_rule()" in script.read_text()]
 
-        results = {"up": [], "check": [], "up (no change)": [], "down": []}
-        floor = {"ip netns exec NS true": [], f"ip -batch of up's {batches['up']} lines": [], f"ip -batch of down's {batches['down']} lines": []}
+        results = {f"{form}: {action}": [] for form in forms for action in ("up", "check", "up (no change)", "down")}
+        results["nexthop: up over the plain form"] = []
+        floor = {"ip netns exec NS true": []}
+        floor.update({f"{form}: ip -batch of {action}'s {batches[form, action]} lines": [] for form in forms for action in ("up", "down")})
         step_walls = {name: [] for name, _ in steps}
         for _ in range(a.repeat):
-            results["up"].append(timed(run("up")))
-            results["check"].append(timed(run("check")))
-            results["up (no change)"].append(timed(run("up")))
-            results["down"].append(timed(run("down")))
+            for form, fenv in forms.items():
+                for action in ("up", "check", "up (no change)", "down"):
+                    results[f"{form}: {action}"].append(timed(run(action.split()[0]), env=fenv))
+            timed(run("up"), env=forms["plain"])
+            results["nexthop: up over the plain form"].append(timed(run("up")))
+            timed(run("down"))
             floor["ip netns exec NS true"].append(timed(["ip", "netns", "exec", ns, "true"]))
-            floor[f"ip -batch of up's {batches['up']} lines"].append(timed(["ip", "netns", "exec", ns, "ip", "-force", "-batch", str(work / "up.batch")]))
-            floor[f"ip -batch of down's {batches['down']} lines"].append(timed(["ip", "netns", "exec", ns, "ip", "-force", "-batch", str(work / "down.batch")]))
+            for form in forms:
+                for action in ("up", "down"):
+                    floor[f"{form}: ip -batch of {action}'s {batches[form, action]} lines"].append(timed(["ip", "netns", "exec", ns, "ip", "-force", "-batch", str(work / f"{form}-{action}.batch")]))
             for k, (name, _) in enumerate(steps):
                 body = "; ".join(call for _, call in steps[: k + 1])
                 step_walls[name].append(timed(sourced(ns, script, body), env=senv))
@@ -131,18 +142,19 @@ def main() -> None:
         print(f"# routes.sh with {a.routes} routes, {a.repeat} runs each (median, min-max); load {os.getloadavg()[0]:.2f}")
         report("routes.sh (wall, through ip netns exec):", results)
         report("the kernel floor (the same batches, alone):", floor)
-        print("where up's time goes (median of each prefix of cmd_up; + the step's own share):")
+        print("where up's time goes, nexthop form (median of each prefix of cmd_up; + the step's own share):")
         before = 0.0
         for name, walls in step_walls.items():
             med = statistics.median(walls) * 1000
             print(f"  {name:34s} {med:7.1f} ms   (+{med - before:.1f})")
             before = med
         if shutil.which("strace"):
-            counts = {}
-            for action in ("up", "check", "up", "down"):
-                key = "up (no change)" if action in counts else action
-                counts[key] = processes(ns, script, action, work)
-            print("processes started (execve, the shell included): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            for form, fenv in forms.items():
+                counts = {}
+                for action in ("up", "check", "up", "down"):
+                    key = "up (no change)" if action in counts else action
+                    counts[key] = processes(ns, script, action, work, env=fenv)
+                print(f"processes started, {form} form (execve, the shell included): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
