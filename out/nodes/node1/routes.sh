@@ -16,6 +16,7 @@
 # Needs: a POSIX sh, iproute2, awk, iptables.
 # Environment: PODNET_ROUTES_TABLE overrides where routes.table is read (default:
 # next to this script).
+# PODNET_NEXTHOPS=0 installs plain routes instead of nexthop objects (see NH_BASE).
 set -eu
 
 NAME='node1'
@@ -35,27 +36,69 @@ esac
 NL='
 '
 
+# How routes are installed (FORM, settled by read_kernel):
+#   nexthop  each route as a kernel nexthop object plus a route using it:
+#              nexthop replace id ID via NEXTHOP dev DEV proto NH_PROTO
+#              route replace DESTINATION nhid ID proto static
+#            The kernel hashes a plain route's next hop by device, protocol and metric,
+#            not by gateway: thousands of routes via as many gateways share one hash
+#            bucket and each insert compares against all the others (quadratic: 5,000
+#            routes took 0.2 s in the kernel). A nexthop object is found by its id.
+#   plain    `route replace DESTINATION via NEXTHOP [dev DEV] proto static`, as before:
+#            when DEV is '' (a gateway nexthop needs a device, and here the kernel picks
+#            it per route), when PODNET_NEXTHOPS=0, or when this kernel or iproute2 has
+#            no nexthop objects (Linux < 5.3; read_kernel says so on stderr).
+# Nexthop ids are one namespace per network namespace, shared with other routing
+# software (FRR, ...). podnet's are NH_BASE + the line's number in routes.table (its
+# data lines, counted from 1, the node's own lines included; in router mode the pair's
+# number in FIXED_ROUTES): deterministic, the same on every node, and far from the
+# small ids of software that numbers from 1. They carry protocol NH_PROTO, which no
+# name in iproute2's rt_protos uses, and that is how podnet knows its own: `up`
+# refuses to replace a nexthop with one of its ids that is not NH_PROTO (naming the
+# id), `down` and `check` look only at NH_PROTO nexthops. Ids follow the table's
+# lines, so a node removed from the middle of the table shifts the later ids by one:
+# `up` repoints them (nexthop replace, then route replace, in one batch), and the
+# removed node's route, an extra route left for a person as always, then follows its
+# old id's new next hop.
+NH_BASE=1800000000
+NH_PROTO=244
+FORM=''
+
 # ROUTES_AWK: the whole comparison, in one awk process. Reads the intended routes
 # from routes.table (the first operand: "DESTINATION NEXTHOP NODE" lines; those of
-# node `node` are its own, none when empty), then `ip route show` output on stdin.
-# A route matches when its destination, next hop and (if `dev` is set) device are
-# the intended ones; a connected route of one of the node's own subnets (`own`) on
-# the bridge is the plugin's, not drift. Prints, by `mode`:
-#   list   "DESTINATION NEXTHOP" for every intended route (reads no kernel routes);
-#   up     the number of missing or wrong routes, then an `ip -batch` line installing each;
-#   down   the number of intended routes in place, then an `ip -batch` line removing each;
+# node `node` are its own, none when empty), then the kernel's state on stdin.
+# The kernel's state is `ip nexthop show` lines ("id ID ...", form nexthop only) and
+# `ip route show table all` lines (other tables than main are skipped).
+# form plain: a route matches when its destination, next hop and (if `dev` is set)
+#   device are the intended ones.
+# form nexthop: a route matches when it uses the intended nexthop id (`nhid`), and
+#   that nexthop is NH_PROTO's with the intended next hop and device; a plain route of
+#   the old form (via NEXTHOP dev DEV) is "wrong" and `up` replaces it.
+# A connected route of one of the node's own subnets (`own`) on the bridge is the
+# plugin's, not drift. Prints, by `mode`:
+#   list   "DESTINATION NEXTHOP" for every intended route (reads no kernel state);
+#   up     the number of missing or wrong routes, then the `ip -batch` lines fixing them
+#          (nexthops first, then the routes using them);
+#   down   the number of intended routes in place, then `ip -batch` lines removing each
+#          (and, form nexthop, podnet's nexthops of the intended ids after them);
 #   check  the number of intended routes and of drifts, then one line per drift:
-#          "missing|wrong|extra route: ...", the intended routes in order, then extras.
+#          "missing|wrong route: ...", "foreign nexthop: ...", in the intended order,
+#          then "extra route: ..." and "extra nexthop: ..." (NH_PROTO's, unused ids).
 # Nothing goes to stdout before the input is read and found valid: a malformed table,
 # or one that does not list `node` with exactly `own` (a table from another compile
-# than this script), is refused with exit 1.
+# than this script), is refused with exit 1; `up` refuses (exit 1) when a nexthop
+# with one of podnet's ids is not podnet's.
 # shellcheck disable=SC2016 # an awk program: its $fields are awk's, not the shell's
 ROUTES_AWK='
 function norm(p) { return index(p, "/") ? p : p (index(p, ":") ? "/128" : "/32") }
 function want_text(d) { return d " via " want[d] (dev != "" ? " dev " dev : "") }
+function nh_text(k) { return "id " k (nhvia[k] != "" ? " via " nhvia[k] : "") (nhdev[k] != "" ? " dev " nhdev[k] : "") (nhodd[k] ? " (" nhodd[k] ")" : "") (nhproto[k] != "" ? " proto " nhproto[k] : "") }
+function say(line) { said[++says] = line }
+function route_text() { return (type != "" ? type " " : "") d (nhid != "" ? " nhid " nhid : "") (via != "" ? " via " via : "") (odev != "" ? " dev " odev : "") }
+function add(d, gw, n) { want[d] = gw; order[++wanted] = d; id[d] = sprintf("%d", nhbase + n); ours[id[d]] = d }
 BEGIN {
 	n = split(own, o, " "); for (i = 1; i <= n; i++) ownset[o[i]] = 1
-	n = split(fixed, f, " "); for (i = 1; i < n; i += 2) { want[f[i]] = f[i + 1]; order[++wanted] = f[i] }
+	n = split(fixed, f, " "); for (i = 1; i < n; i += 2) add(f[i], f[i + 1], (i + 1) / 2)
 	table = fixed == "" ? ARGV[1] : ""
 }
 /^[ \t]*(#|$)/ { next }
@@ -70,21 +113,51 @@ table != "" && FILENAME == table {
 		bad = 1
 		exit 1
 	}
+	lines++
 	if (node != "" && $3 == node) { mine = mine (mine == "" ? "" : " ") $1; mineset[$1] = 1 }
-	else { want[$1] = $2; order[++wanted] = $1 }
+	else add($1, $2, lines)
 	next
 }
 $1 == "nexthop" { next }
+$1 == "id" {
+	k = $2; nhorder[++nhs] = k; nhodd[k] = ""
+	# the usual line, "id ID via NEXTHOP dev DEV scope link [proto PROTO]", by position
+	if ($3 == "via" && $5 == "dev" && $7 == "scope" && (NF == 8 || NF == 10 && $9 == "proto")) {
+		nhvia[k] = $4; nhdev[k] = $6; nhproto[k] = NF == 10 ? $10 : ""
+		next
+	}
+	nhvia[k] = ""; nhdev[k] = ""; nhproto[k] = ""
+	for (j = 3; j <= NF; j++) {
+		if ($j == "via") nhvia[k] = $(j + 1)
+		else if ($j == "dev") nhdev[k] = $(j + 1)
+		else if ($j == "proto") nhproto[k] = $(j + 1)
+		else if ($j == "group" || $j == "blackhole" || $j == "fdb" || $j == "onlink" || $j == "encap") nhodd[k] = $j
+	}
+	next
+}
 {
 	i = 1; type = ""
 	if ($1 ~ /^(unicast|local|broadcast|multicast|blackhole|unreachable|prohibit|throw|nat|anycast)$/) { type = $1; i = 2 }
-	d = norm($i); via = ""; odev = ""
-	for (j = i + 1; j < NF; j++) { if ($j == "via") via = $(j + 1); if ($j == "dev") odev = $(j + 1) }
+	d = norm($i); via = ""; odev = ""; nhid = ""
+	for (j = i + 1; j < NF; j++) {
+		if ($j == "via") via = $(j + 1)
+		else if ($j == "dev") odev = $(j + 1)
+		else if ($j == "nhid") nhid = $(j + 1)
+		else if ($j == "table") next
+	}
+	# with net.ipv4.nexthop_compat_mode=0 a route names only its nexthop id
+	if (nhid != "" && via == "" && (nhid in nhvia)) { via = nhvia[nhid]; odev = nhdev[nhid] }
 	if (type == "" && via == "" && odev == bridge && (d in ownset)) next
-	if ((d in want) && !(d in ok) && type == "" && via == want[d] && (dev == "" || odev == dev)) { ok[d] = 1; next }
-	text = (type != "" ? type " " : "") d (via != "" ? " via " via : "") (odev != "" ? " dev " odev : "")
-	if ((d in want) && !(d in ok) && !(d in have)) { have[d] = text; next }
-	extra[++extras] = text
+	if ((d in want) && !(d in ok)) {
+		if (type == "" && (form == "nexthop" ? nhid == id[d] : via == want[d] && (dev == "" || odev == dev))) { ok[d] = 1; oknh[d] = nhid; next }
+		if (!(d in have)) {
+			have[d] = route_text()
+			# the plain form in place (installed before nexthops were used): down removes it too
+			if (type == "" && nhid == "" && via == want[d] && (dev == "" || odev == dev)) plain[d] = 1
+			next
+		}
+	}
+	extra[++extras] = route_text()
 }
 END {
 	if (bad) exit 1
@@ -93,18 +166,54 @@ END {
 		exit 1
 	}
 	if (mode == "list") { for (k = 1; k <= wanted; k++) print order[k], want[order[k]]; exit }
-	# first the counts, then the lines: the shell splits off the first line
-	for (k = 1; k <= wanted; k++) if (order[k] in ok) { placed++; if (order[k] in have) extra[++extras] = have[order[k]] }
-	if (mode == "up") print wanted - placed
-	else if (mode == "down") print placed + 0
-	else print wanted + 0, wanted - placed + extras
 	for (k = 1; k <= wanted; k++) {
-		d = order[k]
-		if (d in ok) { if (mode == "down") print "route del", want_text(d) }
-		else if (mode == "up") print "route replace", want_text(d), "proto static"
-		else if (mode == "check") print ((d in have) ? "wrong route: " want_text(d) " (kernel has: " have[d] ")" : "missing route: " want_text(d))
+		d = order[k]; n = id[d]
+		# the intended nexthop: absent | foreign (not NH_PROTO) | bad (wrong next hop or device) | good
+		if (form != "nexthop") st[d] = "good"
+		else if (!(n in nhvia)) st[d] = "absent"
+		else if (nhproto[n] != nhproto_want) st[d] = "foreign"
+		else st[d] = nhodd[n] == "" && nhvia[n] == want[d] && nhdev[n] == dev ? "good" : "bad"
+		if (st[d] == "foreign") {
+			say("foreign nexthop: " nh_text(n) " is not podnet'"'"'s (proto " nhproto_want "); podnet needs id " n " for " d)
+			if (mode == "up") {
+				printf "routes.sh: refusing to replace nexthop %s (%s): it is not podnet'"'"'s (proto %s) and podnet needs its id for %s; give it another id, or set PODNET_NEXTHOPS=0 for plain routes\n", n, nh_text(n), nhproto_want, d > "/dev/stderr"
+				refused = 1
+			}
+		}
+		if (d in ok) {
+			if (d in have) extra[++extras] = have[d]
+			if (st[d] == "good") placed++
+			else if (st[d] == "bad") say("wrong route: " want_text(d) " (kernel has: " d " nhid " n " via " nhvia[n] " dev " nhdev[n] (nhodd[n] != "" ? " " nhodd[n] : "") ")")
+		}
+		else if (d in have) say("wrong route: " want_text(d) " (kernel has: " have[d] (have[d] == want_text(d) ? ", not nexthop " n : "") ")")
+		else say("missing route: " want_text(d))
 	}
-	if (mode == "check") for (k = 1; k <= extras; k++) print "extra route:", extra[k]
+	if (refused) exit 1
+	for (k = 1; k <= extras; k++) say("extra route: " extra[k])
+	for (k = 1; k <= nhs; k++) if (nhproto[nhorder[k]] == nhproto_want && !(nhorder[k] in ours)) say("extra nexthop: " nh_text(nhorder[k]))
+	# first the counts, then the lines: the shell splits off the first line
+	if (mode == "check") {
+		print wanted + 0, says + 0
+		for (k = 1; k <= says; k++) print said[k]
+	} else if (mode == "up") {
+		print wanted - placed
+		for (k = 1; k <= wanted; k++) {
+			d = order[k]
+			if (form != "nexthop") { if (!(d in ok)) print "route replace", want_text(d), "proto static"; continue }
+			if (st[d] != "good") print "nexthop replace id", id[d], "via", want[d], "dev", dev, "proto", nhproto_want
+		}
+		if (form == "nexthop") for (k = 1; k <= wanted; k++) if (!(order[k] in ok)) print "route replace", order[k], "nhid", id[order[k]], "proto static"
+	} else {
+		# down: only what podnet installed; a route using a foreign nexthop is left alone
+		for (k = 1; k <= wanted; k++) {
+			d = order[k]
+			if ((d in ok) && st[d] != "foreign") { removed++; del[removed] = "route del " d (oknh[d] != "" ? " nhid " oknh[d] : substr(want_text(d), length(d) + 1)) }
+			else if (d in plain) { removed++; del[removed] = "route del " want_text(d) }
+		}
+		print removed + 0
+		for (k = 1; k <= removed; k++) print del[k]
+		if (form == "nexthop") for (k = 1; k <= wanted; k++) if (st[order[k]] == "good" || st[order[k]] == "bad") print "nexthop del id", id[order[k]]
+	}
 }'
 
 die() {
@@ -144,28 +253,52 @@ wanted_routes() {
 }
 
 # routes_awk MODE: runs ROUTES_AWK in MODE with this machine's values on
-# routes.table and the kernel routes on stdin.
+# routes.table and the kernel's state on stdin.
 routes_awk() {
 	[ -r "$ROUTES_TABLE" ] || die "cannot read $ROUTES_TABLE; install routes.table next to routes.sh or set PODNET_ROUTES_TABLE"
-	awk -v mode="$1" -v node='node1' -v own="$OWN_SUBNETS" -v dev="$DEV" -v bridge="$BRIDGE" -v fixed='' "$ROUTES_AWK" "$ROUTES_TABLE" -
+	awk -v mode="$1" -v form="${FORM:-plain}" -v nhbase="$NH_BASE" -v nhproto_want="$NH_PROTO" -v node='node1' -v own="$OWN_SUBNETS" -v dev="$DEV" -v bridge="$BRIDGE" -v fixed='' "$ROUTES_AWK" "$ROUTES_TABLE" -
 }
 
-# kernel_routes: prints the main table's routes inside the pod ranges, per family.
-kernel_routes() {
-	for cidr in $POD_CIDRS; do
-		case "$cidr" in
-		*:*) "$IP" -6 route show root "$cidr" ;;
-		*) "$IP" -4 route show root "$cidr" ;;
-		esac
-	done
+# read_kernel: sets KERNEL to the kernel's nexthops and its routes inside the pod
+# ranges (`table all`: one `route show` lists either family; ROUTES_AWK keeps the main
+# table's), all read by one `ip -batch`, and FORM (see NH_BASE) to how routes are
+# installed. Nexthop objects are probed by reading them: when that read fails, `ip
+# nexthop show` alone tells a kernel or iproute2 without them (plain routes, said on
+# stderr) from a passing failure (read again, errors shown). No read runs in a pipe,
+# so a failing `ip` stops the script (set -e).
+read_kernel() {
+	reads=''
+	for cidr in $POD_CIDRS; do reads="${reads}route show table all root $cidr$NL"; done
+	FORM=plain
+	if [ -n "$DEV" ] && [ "${PODNET_NEXTHOPS:-1}" != 0 ]; then
+		FORM=nexthop
+		KERNEL=$("$IP" -batch - 2>/dev/null <<EOF
+nexthop show
+$reads
+EOF
+) && return 0
+		if nh_error=$("$IP" nexthop show 2>&1 >/dev/null); then
+			KERNEL=$("$IP" -batch - <<EOF
+nexthop show
+$reads
+EOF
+)
+			return 0
+		fi
+		FORM=plain
+		echo "routes.sh ($NAME): no nexthop objects here (ip nexthop show: $nh_error); installing plain routes" >&2
+	fi
+	KERNEL=$("$IP" -batch - <<EOF
+$reads
+EOF
+)
 }
 
 # plan MODE: sets COUNT to the first line of ROUTES_AWK's answer and LINES to the rest.
-# Runs `ip` once per family, outside any pipe, so a failing `ip` stops the script
-# (set -e), and reads ROUTES_AWK's whole answer before anything acts on it.
+# Reads ROUTES_AWK's whole answer before anything acts on it.
 plan() {
-	have=$(kernel_routes)
-	answer=$(printf '%s\n' "$have" | routes_awk "$1")
+	read_kernel
+	answer=$(printf '%s\n' "$KERNEL" | routes_awk "$1")
 	COUNT=${answer%%"$NL"*}
 	LINES=''
 	case $answer in *"$NL"*) LINES=${answer#*"$NL"} ;; esac
@@ -203,8 +336,8 @@ masq_rule() {
 
 # cmd_up: installs the missing and wrong routes, forwarding and the masquerade rule.
 cmd_up() {
-	setup_forwarding
 	plan up
+	setup_forwarding
 	apply_batch install
 	masq_rule -C >/dev/null 2>&1 || masq_rule -A
 	echo "routes.sh up ($NAME): $COUNT route(s) installed or fixed"
