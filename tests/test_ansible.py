@@ -203,8 +203,9 @@ def node_namespaces(spaces: Namespaces, nodes: List[str]) -> Dict[str, str]:
 
 
 def pod_routes(ns: str) -> set:
+    """"SUBNET via HOP" per pod route (routes.sh's nexthop id, `nhid N`, left out)."""
     routes = sh(["ip", "-n", ns, "-4", "route", "show"]).stdout
-    return {" ".join(line.split()[:3]) for line in routes.splitlines() if line.startswith("10.244.")}
+    return {" ".join([f for f in line.split() if f != "nhid" and not f.isdigit()][:3]) for line in routes.splitlines() if line.startswith("10.244.")}
 
 
 @pytest.fixture(scope="module")
