@@ -1379,7 +1379,9 @@ EOF
 	*" "*) IPAM_TAKEN=${av_lease#* } av_lease=${av_lease%% *} ;;
 	*) IPAM_TAKEN= ;;
 	esac
-	if [ "$av_rc" != 0 ] && [ "$av_lease" = 0 ]; then
+	if [ "$av_lease" = 0 ] && [ "$av_rc" = 0 ]; then
+		ADD_LEASE=1
+	elif [ "$av_lease" = 0 ]; then
 		# (a lease that cannot be given back is this ADD's to undo)
 		[ -z "$IPAM_TAKEN" ] || ipam_give_back "$CID" "$IFNAME" || ADD_LEASE=1
 	fi
@@ -1517,6 +1519,7 @@ add_lease() {
 	2) fail "$E_EXHAUSTED" "no free address for $CID/$IFNAME: the node's pod subnet is exhausted" "delete unused pods, or run GC to release leaked leases" ;;
 	*) fail "$E_FAILED" "IPAM could not allocate an address for $CID/$IFNAME" "see the plugin's stderr" ;;
 	esac
+	ADD_LEASE=1
 	[ -n "$LEASES" ] || fail "$E_FAILED" "IPAM returned no address" "check the IPAM store"
 	while read -r al_addr al_gw; do
 		case $al_addr in
