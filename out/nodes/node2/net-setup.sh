@@ -1474,19 +1474,21 @@ add_bridge() {
 
 # link_line OUTPUT NAME: sets LINK_LINE, the line of `ip -o link show` OUTPUT that
 # describes NAME ("N: NAME: <...>" or "N: NAME@PEER: <...>"); OUTPUT may also hold
-# warnings on other lines.
+# warnings on other lines. Split in the shell, not read: `read` costs a system call
+# per byte.
 link_line() {
 	LINK_LINE=''
-	while IFS= read -r ll_line; do
+	ll_rest=$1$NL
+	while [ -n "$ll_rest" ]; do
+		ll_line=${ll_rest%%"$NL"*}
+		ll_rest=${ll_rest#*"$NL"}
 		case $ll_line in
 		[0-9]*": $2: "* | [0-9]*": $2@"*)
 			LINK_LINE=$ll_line
 			return 0
 			;;
 		esac
-	done <<EOF
-$1
-EOF
+	done
 }
 
 # chomp TEXT: sets CHOMPED to TEXT without its trailing newlines, as $(...) drops them.
