@@ -153,7 +153,7 @@ def inputs_key(artifact: Artifact, memo: Dict[int, Tuple[Any, bytes]]) -> Option
     try:
         if isinstance(data, dict):
             for key in sorted(data) if names is None else sorted(names.intersection(data)):
-                h.update(b"\0" + json.dumps(key).encode() + b"\0" + _canonical(data[key], memo))
+                h.update(b"\0" + _CANONICAL.encode(key).encode() + b"\0" + _canonical(data[key], memo))
         else:
             h.update(_canonical(data, memo))
     except (TypeError, ValueError):
@@ -161,11 +161,14 @@ def inputs_key(artifact: Artifact, memo: Dict[int, Tuple[Any, bytes]]) -> Option
     return h.hexdigest()
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def _canonical(value: Any, memo: Dict[int, Tuple[Any, bytes]]) -> bytes:
     hit = memo.get(id(value))
     if hit is not None and hit[0] is value:
         return hit[1]
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    text = _CANONICAL.encode(value).encode()
     if isinstance(value, (dict, list, tuple)):
         memo[id(value)] = (value, text)  # keeps `value` alive, so its id is not reused
     return text

@@ -56,6 +56,24 @@ class Change:
         return f"mode of {self.path} differs\n"
 
 
+def manifest_text(manifest: Dict[str, object]) -> str:
+    """json.dumps(manifest, sort_keys=True, indent=2) + newline, byte for byte, with
+    the artifact entries ({"mode", "sha256", "size"}, the bulk) formatted directly:
+    json's indenting encoder is pure Python, 0.15 s for 20,000 entries."""
+    artifacts: Dict[str, Dict[str, object]] = manifest["artifacts"]  # type: ignore[assignment]
+    text = json.dumps({**manifest, "artifacts": {}}, sort_keys=True, indent=2)
+    if not artifacts:
+        return text + "\n"
+    enc = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
+    if any(set(e) != {"mode", "sha256", "size"} or not isinstance(e["mode"], str) or not isinstance(e["sha256"], str) or type(e["size"]) is not int for e in artifacts.values()):
+        return json.dumps(manifest, sort_keys=True, indent=2) + "\n"
+    entries = ",\n".join(
+        f'    {enc(path)}: {{\n      "mode": {enc(e["mode"])},\n      "sha256": {enc(e["sha256"])},\n      "size": {e["size"]}\n    }}'
+        for path, e in sorted(artifacts.items())
+    )
+    return text.replace('"artifacts": {}', '"artifacts": {\n' + entries + "\n  }", 1) + "\n"
+
+
 def previous_artifacts(out_dir: str) -> List[str]:
     """The files podnet wrote last time, per the old manifest (empty when there is none)."""
     try:
@@ -163,7 +181,7 @@ class TreeWriter:
             "topology": {"file": source, "sha256": hashlib.sha256(topology_bytes).hexdigest()},
             "artifacts": dict(sorted(self.entries.items())),
         }
-        self._compare(MANIFEST, (json.dumps(manifest, sort_keys=True, indent=2) + "\n").encode(), 0o644)
+        self._compare(MANIFEST, manifest_text(manifest).encode(), 0o644)
         for path in previous_artifacts(self.out_dir):
             full = os.path.join(self.out_dir, path)
             if path not in self.entries and path != MANIFEST and os.path.isfile(full):
