@@ -55,6 +55,9 @@ def _env(shell: bool) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
+        # templates do not change during a compile: no stat(2) of every template
+        # (and of each it includes) on every render
+        auto_reload=False,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,

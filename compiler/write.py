@@ -167,6 +167,26 @@ class TreeWriter:
         self.pending.append(Change(path, kind))
         return None
 
+    def delta(self) -> tuple:
+        """What this writer recorded, for another writer's `merge` (a forked worker's
+        copy hands back its share; it never commits)."""
+        return (self.entries, self.index, self.pending, self._staged, self._modes, self._unstatted)
+
+    def merge(self, delta: tuple) -> None:
+        entries, index, pending, staged, modes, unstatted = delta
+        self.entries.update(entries)
+        self.index.update(index)
+        self.pending += pending
+        self._staged += staged
+        self._modes.update(modes)
+        self._unstatted += unstatted
+
+    @staticmethod
+    def discard(delta: tuple) -> None:
+        """Removes the temporary files of a delta that will not be merged."""
+        for tmp, _ in delta[3]:
+            _unlink_quietly(tmp)
+
     def _stage(self, full: str, content: bytes, mode: int) -> str:
         directory = os.path.dirname(full)
         if directory not in self._dirs:

@@ -205,3 +205,52 @@ def test_index_is_neither_an_artifact_nor_checked(tmp_path):
     r = podnet("compile", str(EXAMPLE), "-o", str(out), "--check")
     assert r.returncode == 0, r.stderr
     assert (out / INDEX).read_text() == "anything"  # --check writes nothing, not even the index
+
+
+# ---------------------------------------------------------------- the forked worker
+
+
+def temp_files(out: Path):
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".podnet-*") if p.name != INDEX)
+
+
+def test_parallel_compile_writes_what_a_serial_one_does(monkeypatch, tmp_path):
+    topo = write_topology(tmp_path, THREE_NODES)
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 10**9)
+    compile_counting(monkeypatch, topo, tmp_path / "serial")
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 1)
+    mine, theirs = artifacts._share(plan(load_topology(str(topo))))
+    assert theirs and {a.path.split("/")[1] for a in theirs} == {"node3"}  # whole node directories
+    assert not {a.path for a in mine} & {a.path for a in theirs}
+    out = tmp_path / "parallel"
+    changes, rendered = compile_counting(monkeypatch, topo, out)
+    assert not any(p.startswith("nodes/node3/") for p in rendered)  # the worker's (in its process)
+    assert len(changes) == len(tree(out)) == len(tree(tmp_path / "serial"))
+    assert tree(out) == tree(tmp_path / "serial") and temp_files(out) == []
+    # the worker's files are in the index: a serial re-compile renders nothing
+    settle(out)
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 10**9)
+    changes, rendered = compile_counting(monkeypatch, topo, out)
+    assert changes == [] and rendered == []
+
+
+@pytest.mark.parametrize("failing", ["nodes/node3/routes.sh", "README.md"])  # the worker's, this process's
+def test_a_failure_on_either_side_leaves_nothing_half_written(monkeypatch, tmp_path, failing):
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, topo, out)
+    before = tree(out)
+    write_topology(tmp_path, THREE_NODES.replace("podCIDR: 10.244.0.0/16\n", "podCIDR: 10.244.0.0/16\n  mtu: 9000\n"))
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 1)
+
+    def broken(artifact):
+        if artifact.path == failing:
+            raise RuntimeError("template exploded")
+        return render.render(artifact)
+
+    monkeypatch.setattr(artifacts, "render", broken)
+    expected = artifacts.WorkerFailed if failing.startswith("nodes/node3/") else RuntimeError
+    with pytest.raises(expected, match="template exploded"):
+        compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    assert tree(out) == before  # nothing renamed, the old manifest stays
+    assert temp_files(out) == []  # every staged file of both processes removed
