@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import threading
 import traceback
 from collections import OrderedDict
 from typing import List, Optional, Sequence, Tuple
@@ -55,7 +56,10 @@ def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: boo
 
 
 def _parallel(count: int) -> bool:
-    return count >= PARALLEL_MIN and hasattr(os, "fork") and len(os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)) > 1
+    """Fork only where it pays and is safe: many artifacts, more than one usable CPU,
+    and no other thread (a fork copies locks another thread may hold)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return count >= PARALLEL_MIN and hasattr(os, "fork") and cpus > 1 and threading.active_count() == 1
 
 
 def _share(planned: List[Artifact]) -> Tuple[List[Artifact], List[Artifact]]:
