@@ -26,8 +26,8 @@ from compiler.write import Change, TreeWriter
 # Small, so per-node files pass through without holding memory.
 _CACHE_SIZE = 32
 
-# From this many artifacts on, a second process pays for its start (a fork and
-# handing back a few MB); below it, one process is faster.
+# From this many artifacts to render on, a second process pays for its start (a
+# fork and handing back a few MB); below it, one process is faster.
 PARALLEL_MIN = 2000
 
 
@@ -39,7 +39,8 @@ def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: boo
     worker: Optional[_Worker] = None
     try:
         planned = plan(topo)
-        mine, theirs = _share(planned) if not check and _parallel(len(planned)) else (planned, [])
+        # a worker pays where most files are rendered: not when the index vouches for most
+        mine, theirs = _share(planned) if not check and _parallel(len(planned) - writer.indexed) else (planned, [])
         if theirs:
             worker = _Worker(writer, theirs)
         _emit(writer, mine)

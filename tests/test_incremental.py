@@ -218,7 +218,7 @@ def test_parallel_compile_writes_what_a_serial_one_does(monkeypatch, tmp_path):
     topo = write_topology(tmp_path, THREE_NODES)
     monkeypatch.setattr(artifacts, "PARALLEL_MIN", 10**9)
     compile_counting(monkeypatch, topo, tmp_path / "serial")
-    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 0)  # always
     mine, theirs = artifacts._share(plan(load_topology(str(topo))))
     assert theirs and {a.path.split("/")[1] for a in theirs} == {"node3"}  # whole node directories
     assert not {a.path for a in mine} & {a.path for a in theirs}
@@ -241,7 +241,7 @@ def test_a_failure_on_either_side_leaves_nothing_half_written(monkeypatch, tmp_p
     compile_counting(monkeypatch, topo, out)
     before = tree(out)
     write_topology(tmp_path, THREE_NODES.replace("podCIDR: 10.244.0.0/16\n", "podCIDR: 10.244.0.0/16\n  mtu: 9000\n"))
-    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 0)  # always
 
     def broken(artifact):
         if artifact.path == failing:
