@@ -122,7 +122,7 @@ def test_router_mode_emits_router_script(tmp_path):
     out = compile_to(tmp_path, ROUTER)
     router = (out / "router" / "routes.sh").read_text()
     node = (out / "nodes" / "node2" / "routes.sh").read_text()
-    assert "echo '10.244.0.0/16' '192.168.1.1'" in node  # the node's one route
+    assert "FIXED_ROUTES='10.244.0.0/16 192.168.1.1'" in node  # the node's one route
     assert "routes.table" in router and "iptables" not in router
     assert (out / "router" / "routes.sh").stat().st_mode & 0o777 == 0o755
     manifest = (out / "manifest.json").read_text()
@@ -325,12 +325,49 @@ def test_refuses_a_table_from_another_compile(tmp_path, netns):
     res = run(ns, ["dash"], script, "check")
     assert res.returncode == 1 and "routes.table:2: not DESTINATION NEXTHOP NODE" in res.stderr
 
+    # a destination listed twice (two next hops for one subnet) is refused, before anything is done
+    (script.parent / "routes.table").write_text("10.244.1.0/24 192.168.1.2 node1\n10.244.2.0/24 192.168.1.3 node2\n10.244.2.0/24 192.168.1.4 node3\n")
+    res = run(ns, ["dash"], script, "up")
+    assert res.returncode == 1 and "routes.table:3: 10.244.2.0/24 is listed twice" in res.stderr
+    assert pod_routes(ns) == set()
+
     # the table is found next to the script, or where PODNET_ROUTES_TABLE says
     (script.parent / "routes.table").unlink()
     res = run(ns, ["dash"], script, "check")
     assert res.returncode == 1 and "cannot read" in res.stderr
     res = run(ns, ["dash"], script, "check", env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_ROUTES_TABLE": str(out / "routes.table")})
     assert "missing route: 10.244.2.0/24" in res.stdout
+
+
+@needs_net
+@pytest.mark.netns
+def test_busybox_awk(tmp_path, netns):
+    """The one awk program that plans up, down and check also runs on busybox's awk
+    (a node with busybox instead of mawk or gawk): same drift lines, same repairs."""
+    out = compile_to(tmp_path, DUAL.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns_multi(netns, "rt-bbawk", "192.168.1.2/24", "fd00::2/64")
+    bb = tmp_path / "bb"
+    bb.mkdir()
+    (bb / "awk").symlink_to(shutil.which("busybox"))
+    env = {"PATH": f"{bb}:/usr/sbin:/usr/bin:/sbin:/bin"}
+    res = run(ns, ["dash"], script, "up", env=env)
+    assert res.returncode == 0 and "4 route(s) installed" in res.stdout, res.stderr
+    sh(["ip", "-n", ns, "route", "del", "10.244.2.0/24"])
+    sh(["ip", "-n", ns, "route", "replace", "fd00:10:244:3::/64", "via", "fd00::9"])
+    sh(["ip", "-n", ns, "route", "add", "blackhole", "10.244.8.0/24"])
+    res = run(ns, ["dash"], script, "check", env=env)
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        "missing route: 10.244.2.0/24 via 192.168.1.3 dev eth0",
+        "wrong route: fd00:10:244:3::/64 via fd00::4 dev eth0 (kernel has: fd00:10:244:3::/64 via fd00::9 dev eth0)",
+        "extra route: blackhole 10.244.8.0/24",
+    ]
+    res = run(ns, ["dash"], script, "up", env=env)
+    assert res.returncode == 0 and "2 route(s) installed or fixed" in res.stdout
+    res = run(ns, ["dash"], script, "down", env=env)
+    assert res.returncode == 0 and "4 route(s) removed" in res.stdout
+    assert pod_routes(ns) == {"blackhole 10.244.8.0/24"} and pod_routes6(ns) == set()
 
 
 @needs_net

@@ -27,58 +27,84 @@ OWN_SUBNETS='10.244.1.0/24'
 # The cluster's pod ranges: check looks for extra routes inside them.
 POD_CIDRS='10.244.0.0/16'
 FORWARDING_FILES='/proc/sys/net/ipv4/ip_forward'
-ROUTES_TABLE="${PODNET_ROUTES_TABLE:-$(dirname "$0")/routes.table}"
+# routes.table: next to this script (as `dirname "$0"` would say, without a process).
+case $0 in
+*/*) ROUTES_TABLE="${PODNET_ROUTES_TABLE:-${0%/*}/routes.table}" ;;
+*) ROUTES_TABLE="${PODNET_ROUTES_TABLE:-routes.table}" ;;
+esac
+NL='
+'
 
-# TABLE_AWK: routes.table -> "DESTINATION NEXTHOP" per line, skipping the lines of
-# node `node` (none when empty). Refuses a malformed line, and a table that does not
-# list `node` with exactly `own` (a table from another compile than this script).
+# ROUTES_AWK: the whole comparison, in one awk process. Reads the intended routes
+# from routes.table (the first operand: "DESTINATION NEXTHOP NODE" lines; those of
+# node `node` are its own, none when empty), then `ip route show` output on stdin.
+# A route matches when its destination, next hop and (if `dev` is set) device are
+# the intended ones; a connected route of one of the node's own subnets (`own`) on
+# the bridge is the plugin's, not drift. Prints, by `mode`:
+#   list   "DESTINATION NEXTHOP" for every intended route (reads no kernel routes);
+#   up     the number of missing or wrong routes, then an `ip -batch` line installing each;
+#   down   the number of intended routes in place, then an `ip -batch` line removing each;
+#   check  the number of intended routes and of drifts, then one line per drift:
+#          "missing|wrong|extra route: ...", the intended routes in order, then extras.
+# Nothing goes to stdout before the input is read and found valid: a malformed table,
+# or one that does not list `node` with exactly `own` (a table from another compile
+# than this script), is refused with exit 1.
 # shellcheck disable=SC2016 # an awk program: its $fields are awk's, not the shell's
-TABLE_AWK='
-/^[ \t]*(#|$)/ { next }
-NF != 3 || $1 !~ /^[0-9a-fA-F:.]+\/[0-9]+$/ || $2 !~ /^[0-9a-fA-F:.]+$/ || $3 !~ /^[a-z0-9][-a-z0-9]*$/ {
-	printf "%s:%d: not DESTINATION NEXTHOP NODE: %s\n", FILENAME, FNR, $0 > "/dev/stderr"
-	bad = 1
-	exit 1
-}
-node != "" && $3 == node { mine = mine (mine == "" ? "" : " ") $1; next }
-{ print $1, $2 }
-END {
-	if (!bad && node != "" && mine != own) {
-		printf "%s: lists node %s with subnets \"%s\", this script expects \"%s\"\n", FILENAME, node, mine, own > "/dev/stderr"
-		exit 1
-	}
-}'
-
-# DIFF_AWK: "want DESTINATION NEXTHOP" lines, then `ip route show` output ->
-# one line per intended route ("ok", "missing" or "wrong", with what the kernel has),
-# then "extra" for every other route inside the pod ranges. A route matches when its
-# destination, next hop and (if DEV is set) device are the intended ones.
-# shellcheck disable=SC2016 # an awk program: its $fields are awk's, not the shell's
-DIFF_AWK='
+ROUTES_AWK='
 function norm(p) { return index(p, "/") ? p : p (index(p, ":") ? "/128" : "/32") }
 function want_text(d) { return d " via " want[d] (dev != "" ? " dev " dev : "") }
-BEGIN { n = split(own, o, " "); for (i = 1; i <= n; i++) ownset[o[i]] = 1 }
-$1 == "want" { want[$2] = $3; order[++wanted] = $2; next }
+BEGIN {
+	n = split(own, o, " "); for (i = 1; i <= n; i++) ownset[o[i]] = 1
+	n = split(fixed, f, " "); for (i = 1; i < n; i += 2) { want[f[i]] = f[i + 1]; order[++wanted] = f[i] }
+	table = fixed == "" ? ARGV[1] : ""
+}
+/^[ \t]*(#|$)/ { next }
+table != "" && FILENAME == table {
+	if (NF != 3 || $1 !~ /^[0-9a-fA-F:.]+\/[0-9]+$/ || $2 !~ /^[0-9a-fA-F:.]+$/ || $3 !~ /^[a-z0-9][-a-z0-9]*$/) {
+		printf "%s:%d: not DESTINATION NEXTHOP NODE: %s\n", FILENAME, FNR, $0 > "/dev/stderr"
+		bad = 1
+		exit 1
+	}
+	if (($1 in want) || ($1 in mineset)) {
+		printf "%s:%d: %s is listed twice\n", FILENAME, FNR, $1 > "/dev/stderr"
+		bad = 1
+		exit 1
+	}
+	if (node != "" && $3 == node) { mine = mine (mine == "" ? "" : " ") $1; mineset[$1] = 1 }
+	else { want[$1] = $2; order[++wanted] = $1 }
+	next
+}
 $1 == "nexthop" { next }
 {
 	i = 1; type = ""
 	if ($1 ~ /^(unicast|local|broadcast|multicast|blackhole|unreachable|prohibit|throw|nat|anycast)$/) { type = $1; i = 2 }
 	d = norm($i); via = ""; odev = ""
 	for (j = i + 1; j < NF; j++) { if ($j == "via") via = $(j + 1); if ($j == "dev") odev = $(j + 1) }
-	text = (type != "" ? type " " : "") d (via != "" ? " via " via : "") (odev != "" ? " dev " odev : "")
 	if (type == "" && via == "" && odev == bridge && (d in ownset)) next
 	if ((d in want) && !(d in ok) && type == "" && via == want[d] && (dev == "" || odev == dev)) { ok[d] = 1; next }
+	text = (type != "" ? type " " : "") d (via != "" ? " via " via : "") (odev != "" ? " dev " odev : "")
 	if ((d in want) && !(d in ok) && !(d in have)) { have[d] = text; next }
 	extra[++extras] = text
 }
 END {
+	if (bad) exit 1
+	if (table != "" && node != "" && mine != own) {
+		printf "%s: lists node %s with subnets \"%s\", this script expects \"%s\"\n", table, node, mine, own > "/dev/stderr"
+		exit 1
+	}
+	if (mode == "list") { for (k = 1; k <= wanted; k++) print order[k], want[order[k]]; exit }
+	# first the counts, then the lines: the shell splits off the first line
+	for (k = 1; k <= wanted; k++) if (order[k] in ok) { placed++; if (order[k] in have) extra[++extras] = have[order[k]] }
+	if (mode == "up") print wanted - placed
+	else if (mode == "down") print placed + 0
+	else print wanted + 0, wanted - placed + extras
 	for (k = 1; k <= wanted; k++) {
 		d = order[k]
-		if (d in ok) { print "ok", want_text(d); if (d in have) extra[++extras] = have[d] }
-		else if (d in have) print "wrong", want_text(d), "(kernel has: " have[d] ")"
-		else print "missing", want_text(d)
+		if (d in ok) { if (mode == "down") print "route del", want_text(d) }
+		else if (mode == "up") print "route replace", want_text(d), "proto static"
+		else if (mode == "check") print ((d in have) ? "wrong route: " want_text(d) " (kernel has: " have[d] ")" : "missing route: " want_text(d))
 	}
-	for (k = 1; k <= extras; k++) print "extra", extra[k]
+	if (mode == "check") for (k = 1; k <= extras; k++) print "extra route:", extra[k]
 }'
 
 die() {
@@ -114,8 +140,14 @@ require_tools() {
 # wanted_routes: prints "DESTINATION NEXTHOP" for every route this machine should hold.
 # Assumes routes.table comes from the same `podnet compile` as this script.
 wanted_routes() {
+	routes_awk list </dev/null
+}
+
+# routes_awk MODE: runs ROUTES_AWK in MODE with this machine's values on
+# routes.table and the kernel routes on stdin.
+routes_awk() {
 	[ -r "$ROUTES_TABLE" ] || die "cannot read $ROUTES_TABLE; install routes.table next to routes.sh or set PODNET_ROUTES_TABLE"
-	awk -v node='node1' -v own="$OWN_SUBNETS" "$TABLE_AWK" "$ROUTES_TABLE"
+	awk -v mode="$1" -v node='node1' -v own="$OWN_SUBNETS" -v dev="$DEV" -v bridge="$BRIDGE" -v fixed='' "$ROUTES_AWK" "$ROUTES_TABLE" -
 }
 
 # kernel_routes: prints the main table's routes inside the pod ranges, per family.
@@ -128,43 +160,37 @@ kernel_routes() {
 	done
 }
 
-# diff_routes: the comparison of wanted and kernel routes (see DIFF_AWK). Runs each
-# command once, outside the pipe, so a failing `ip` stops the script (set -e).
-diff_routes() {
-	wanted=$(wanted_routes)
+# plan MODE: sets COUNT to the first line of ROUTES_AWK's answer and LINES to the rest.
+# Runs `ip` once per family, outside any pipe, so a failing `ip` stops the script
+# (set -e), and reads ROUTES_AWK's whole answer before anything acts on it.
+plan() {
 	have=$(kernel_routes)
-	{
-		[ -z "$wanted" ] || printf '%s\n' "$wanted" | sed 's/^/want /'
-		[ -z "$have" ] || printf '%s\n' "$have"
-	} | awk -v dev="$DEV" -v bridge="$BRIDGE" -v own="$OWN_SUBNETS" "$DIFF_AWK"
+	answer=$(printf '%s\n' "$have" | routes_awk "$1")
+	COUNT=${answer%%"$NL"*}
+	LINES=''
+	case $answer in *"$NL"*) LINES=${answer#*"$NL"} ;; esac
 }
 
-# batch VERB: turns "missing|wrong|ok DST via NH [dev D] ..." lines on stdin into
-# `ip -batch` lines "route VERB DST via NH [dev D]" (the diff's own spelling).
-batch() {
-	awk -v verb="$1" '{ line = "route " verb " " $2 " via " $4; if ($5 == "dev") line = line " dev " $6; print line (verb == "replace" ? " proto static" : "") }'
-}
-
-# apply_batch WHAT LINES: one `ip -batch` for all LINES; -force reports every failing
-# line instead of stopping at the first.
+# apply_batch WHAT: one `ip -batch` for all LINES; -force reports every failing line
+# instead of stopping at the first.
 apply_batch() {
-	[ -n "$2" ] || return 0
-	printf '%s\n' "$2" | "$IP" -force -batch - || die "could not $1 every route (see above); is the underlay interface up and each next hop on its network?"
+	[ -n "$LINES" ] || return 0
+	printf '%s\n' "$LINES" | "$IP" -force -batch - || die "could not $1 every route (see above); is the underlay interface up and each next hop on its network?"
 }
 
-# forwarding FILE: prints the sysctl's value (0 or 1). The shell reads byte by byte and
-# /proc/sys answers EOF to a read past offset 0, so `read` sees only the first byte and
-# returns 1: that byte is the whole value of these 0/1 switches.
+# forwarding FILE: sets VALUE to the sysctl's value (0 or 1). The shell reads byte by
+# byte and /proc/sys answers EOF to a read past offset 0, so `read` sees only the first
+# byte and returns 1: that byte is the whole value of these 0/1 switches.
 forwarding() {
-	value=''
-	read -r value <"$1" || :
-	echo "$value"
+	VALUE=''
+	read -r VALUE <"$1" || :
 }
 
 # setup_forwarding: turns on forwarding for the pod families, writing only when off.
 setup_forwarding() {
 	for f in $FORWARDING_FILES; do
-		[ "$(forwarding "$f")" = 1 ] || echo 1 >"$f" || die "cannot write $f; run as root"
+		forwarding "$f"
+		[ "$VALUE" = 1 ] || echo 1 >"$f" || die "cannot write $f; run as root"
 	done
 }
 
@@ -178,34 +204,30 @@ masq_rule() {
 # cmd_up: installs the missing and wrong routes, forwarding and the masquerade rule.
 cmd_up() {
 	setup_forwarding
-	diff=$(diff_routes)
-	todo=$(printf '%s\n' "$diff" | awk '$1 == "missing" || $1 == "wrong"')
-	apply_batch install "$(printf '%s\n' "$todo" | awk 'NF' | batch replace)"
+	plan up
+	apply_batch install
 	masq_rule -C >/dev/null 2>&1 || masq_rule -A
-	count=$(printf '%s\n' "$todo" | awk 'NF { n++ } END { print n + 0 }')
-	echo "routes.sh up ($NAME): $count route(s) installed or fixed"
+	echo "routes.sh up ($NAME): $COUNT route(s) installed or fixed"
 }
 
 # cmd_down: removes the intended routes that are in place and the masquerade rule.
 cmd_down() {
-	diff=$(diff_routes)
-	ok=$(printf '%s\n' "$diff" | awk '$1 == "ok"')
-	apply_batch remove "$(printf '%s\n' "$ok" | awk 'NF' | batch del)"
+	plan down
+	apply_batch remove
 	while masq_rule -C >/dev/null 2>&1; do masq_rule -D; done
-	count=$(printf '%s\n' "$ok" | awk 'NF { n++ } END { print n + 0 }')
-	echo "routes.sh down ($NAME): $count route(s) removed"
+	echo "routes.sh down ($NAME): $COUNT route(s) removed"
 }
 
 # cmd_check: prints every drift on stdout, a summary on stderr; exits 1 on drift.
 cmd_check() {
 	drift=0
 	for f in $FORWARDING_FILES; do
-		value=$(forwarding "$f")
-		[ "$value" = 1 ] || { echo "forwarding off: $f is $value"; drift=$((drift + 1)); }
+		forwarding "$f"
+		[ "$VALUE" = 1 ] || { echo "forwarding off: $f is $VALUE"; drift=$((drift + 1)); }
 	done
-	diff=$(diff_routes)
-	bad=$(printf '%s\n' "$diff" | awk 'NF && $1 != "ok" { print $1 " route: " substr($0, length($1) + 2) }')
-	[ -z "$bad" ] || { printf '%s\n' "$bad"; drift=$((drift + $(printf '%s\n' "$bad" | awk 'END { print NR }'))); }
+	plan check
+	[ -z "$LINES" ] || printf '%s\n' "$LINES"
+	drift=$((drift + ${COUNT#* }))
 	if ! masq_rule -C >/dev/null 2>&1; then
 		printf 'missing masquerade rule: iptables -t nat -A POSTROUTING'
 		printf ' %s' '-s' '10.244.1.0/24' '!' '-d' '10.244.0.0/16' '-m' 'comment' '--comment' 'podnet:podnet' '-j' 'MASQUERADE'
@@ -216,8 +238,7 @@ cmd_check() {
 		echo "routes.sh check ($NAME): $drift problem(s); run \`$0 up\` to repair (it does not remove extra routes)" >&2
 		return 1
 	fi
-	count=$(printf '%s\n' "$diff" | awk 'NF { n++ } END { print n + 0 }')
-	echo "routes.sh check ($NAME): ok, $count route(s) in place"
+	echo "routes.sh check ($NAME): ok, ${COUNT% *} route(s) in place"
 }
 
 main() {
