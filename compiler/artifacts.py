@@ -65,15 +65,14 @@ def _parallel(count: int) -> bool:
 
 def _share(planned: List[Artifact]) -> Tuple[List[Artifact], List[Artifact]]:
     """(this process's, the worker's): the worker takes the later half of the node
-    files, this process the rest (which holds the cluster-wide files, the slower ones)."""
-    nodes = [i for i, a in enumerate(planned) if a.path.startswith("nodes/")]
-    if not nodes:
-        return planned, []
-    cut = nodes[len(nodes) // 2]
-    cut = next((i for i in nodes if i >= cut and planned[i].path.split("/")[1] != planned[cut - 1].path.split("/")[1]), cut)
-    theirs = [a for i, a in enumerate(planned) if i >= cut and a.path.startswith("nodes/")]
-    mine = [a for i, a in enumerate(planned) if not (i >= cut and a.path.startswith("nodes/"))]
-    return mine, theirs
+    directories, this process the rest (which holds the cluster-wide files, the slower ones)."""
+    names = sorted({a.path.split("/")[1] for a in planned if a.path.startswith("nodes/")})
+    theirs = set(names[len(names) // 2:])
+
+    def worker_s(a: Artifact) -> bool:
+        return a.path.startswith("nodes/") and a.path.split("/")[1] in theirs
+
+    return [a for a in planned if not worker_s(a)], [a for a in planned if worker_s(a)]
 
 
 def _emit(writer: TreeWriter, artifacts: Sequence[Artifact]) -> None:
@@ -129,9 +128,13 @@ class _Worker:
 
     def _wait(self) -> tuple:
         if self._result is None:
-            with os.fdopen(self._read, "rb") as f:
-                data = f.read()
-            _, status = os.waitpid(self.pid, 0)
+            self._result = ("error", "the worker's result could not be read\n")
+            data = b""
+            try:
+                with os.fdopen(self._read, "rb") as f:
+                    data = f.read()
+            finally:
+                _, status = os.waitpid(self.pid, 0)  # also when interrupted: no zombie
             try:
                 self._result = pickle.loads(data)
             except Exception:
