@@ -7,6 +7,7 @@ computed here. The manifest is not planned: it describes what the writer wrote.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -121,6 +122,9 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "store_lock": f"{ipam_store(topo)}/lock",
         # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
         "ipam_ranges": [",".join((text(s), text(lo), text(hi), text(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
+        # The config as libcni passes it on stdin, split around the cniVersion's value:
+        # the plugin recognises these bytes without running its JSON reader.
+        "libcni_config": libcni_config(topo, node),
     }
 
 
@@ -240,6 +244,43 @@ def _cni_range(topo: Topology, subnet: IPNetwork, gateway: IPAddress, first: IPA
     if topo.network.range_end is not None:
         rng["rangeEnd"] = str(last)
     return rng
+
+
+# Strings Go's encoding/json writes exactly as json.dumps does: printable ASCII but
+# the characters Go escapes for HTML.
+_GO_PLAIN = re.compile(r'^[\x20-\x7e]*$')
+_VERSION_MARK = "@CNI-VERSION@"
+
+
+def libcni_config(topo: Topology, node: Node) -> Tuple[str, str]:
+    """(head, tail): the bytes libcni writes to the plugin's stdin for this node's
+    config are head + CNI_VERSION + tail. libcni (buildOneConfig/InjectConf)
+    re-marshals each plugin's object with Go's encoding/json, "name" and
+    "cniVersion" injected: keys sorted, compact. Without prevResult,
+    runtimeConfig or args that is the plugin object below. ("", "") when a string
+    holds a character Go would spell differently (the plugin then always reads
+    the config with its JSON reader)."""
+    conf = cni_config(topo, node)
+    plugin = conf["plugins"][0] if "plugins" in conf else dict(conf)
+    plugin = {**plugin, "name": topo.network.name, "cniVersion": _VERSION_MARK}
+    text = json.dumps(plugin, sort_keys=True, separators=(",", ":"))
+    plain = all(_GO_PLAIN.match(word) and not set("<>&") & set(word) for word in _strings(plugin))
+    mark = json.dumps(_VERSION_MARK)
+    if not plain or text.count(mark) != 1:
+        return ("", "")
+    head, tail = text.split(mark)
+    return (head + '"', '"' + tail)
+
+
+def _strings(value: Any) -> List[str]:
+    """Every key and string value in a JSON document."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:

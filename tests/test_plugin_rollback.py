@@ -107,3 +107,22 @@ def test_add_fails_at_each_step_and_leaves_nothing(step, shell, netns, tmp_path)
     assert retried.rc == 0, retried
     assert node.cni("DEL", pod).rc == 0
     assert node.veths() == [] and node.leases() == {}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_lease_taken_beside_a_failed_host_side_is_given_back(shell, netns, tmp_path):
+    """ADD takes the lease while `ip` sets up the host side (issue 7). When the host
+    side fails, the address taken meanwhile is given back (last_reserved_ip shows
+    it was taken), while a lease the pair already held (an earlier ADD that
+    crashed) stays, as when the lease step came after the host side."""
+    node = PluginNode(netns, tmp_path, shell=shell)
+    pod = node.new_pod()
+    step_veth(node, pod)
+    failed = node.cni("ADD", pod)
+    assert failed.rc == 1 and "interface eth0 already exists in" in failed.json["msg"], failed
+    assert node.leases() == {}
+    assert (node.store() / "last_reserved_ip.0").read_text() == "10.244.1.2"
+    (node.store() / "10.244.1.7").write_text(f"{pod.cid}\r\neth0")
+    failed = node.cni("ADD", pod)
+    assert failed.rc == 1 and "interface eth0 already exists in" in failed.json["msg"], failed
+    assert node.leases() == {"10.244.1.7": f"{pod.cid} eth0"}

@@ -36,6 +36,10 @@ POD_ROUTES='0.0.0.0/0'
 MASQUERADE=1
 # Serialises the masquerade rule's check-and-add; it is the IPAM store's lock file.
 STORE_LOCK='/var/lib/cni/networks/podnet/lock'
+# This node's config as libcni passes it on stdin, around its cniVersion (see
+# config_compiled); empty when it holds characters Go's JSON would escape.
+CONFIG_HEAD='{"bridge":"cni0","cniVersion":"'
+CONFIG_TAIL='","ipMasq":true,"ipam":{"dataDir":"/var/lib/cni/networks","ranges":[[{"gateway":"10.244.3.1","subnet":"10.244.3.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]},"isGateway":true,"mtu":1500,"name":"podnet","type":"podnet"}'
 DIRECT_IFNAME=eth0
 # Error codes: the spec's, then this plugin's own (100 and up).
 E_VERSION=1
@@ -53,11 +57,11 @@ NL='
 # ---- state (set here, so nothing leaks in from the environment) ---------------------------------
 MODE=cni COMMAND='' IP='' CID='' IFNAME='' NETNS='' NS_REF='' VETH='' ALIAS=''
 REPLY_VERSION=$PODNET_CNI_VERSION
-CFG_VERSION='' CFG_NAME='' CFG_TYPE='' CFG_HAS_PREV=0
+CFG_TEXT='' CFG_VERSION='' CFG_NAME='' CFG_TYPE='' CFG_HAS_PREV=0
 PREV_IFACES='' PREV_NIFACES=0 PREV_IFACES_RAW='' PREV_IPS='' PREV_IPS_RAW='' PREV_ROUTES='' PREV_ROUTES_RAW='' PREV_DNS_RAW=''
 GC_KEY='' GC_KEEP=''
 LEASES='' LINK_LINE='' GATEWAY='' EXPECT_ADDRS='' EXPECT_ROUTES='' R2_IPS='' BRIDGE_MAC='' VETH_MAC='' IF_MAC='' MAC='' JSON_ESC='' PROBLEMS=''
-ADD_VETH=0 ADD_LEASE=0
+ADD_VETH=0 ADD_LEASE=0 AM_PID=''
 
 # ---------------------------------------------------------------------------
 # IPAM: leases in the on-disk format of the reference host-local plugin.
@@ -112,6 +116,17 @@ ipam_del() {
 ipam_gc() {
 	ipam_read_valid || return 1
 	ipam_locked gc
+}
+
+# ipam_give_back CONTAINER_ID IFNAME: releases the addresses the last ipam_add in
+# this shell took (IPAM_TAKEN; not those it found leased to the pair already), for
+# a caller whose step beside it failed. Needs util-linux flock: with the Python
+# fallback, ipam_add's choices are not known here (1).
+ipam_give_back() {
+	ipam_valid_pair "$@" || return 1
+	[ -n "${IPAM_TAKEN:-}" ] || return 0
+	command -v flock >/dev/null 2>&1 || return 1
+	ipam_locked give_back "$1" "$2"
 }
 
 # ipam_valid_pair ID IFNAME: the CNI spec's container ID and interface name rules.
@@ -265,6 +280,23 @@ ipam_op_del() {
 	for IPAM_ADDR in $IPAM_HELD $IPAM_EMPTY; do
 		set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
 	done
+	if [ "$#" -gt 0 ]; then
+		rm -f -- "$@"
+	fi
+}
+
+# ipam_op_give_back ID IFNAME: removes the files of IPAM_TAKEN still leased to
+# ID+IFNAME (a GC meanwhile may have released one, and another ADD taken it).
+# Lock held.
+ipam_op_give_back() {
+	IPAM_PAIR="$1 $2"
+	set --
+	for IPAM_ADDR in $IPAM_TAKEN; do
+		if ipam_read_owner "$IPAM_STORE/$IPAM_ADDR" && [ "$IPAM_OWNER" = "$IPAM_PAIR" ]; then
+			set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
+		fi
+	done
+	IPAM_TAKEN=
 	if [ "$#" -gt 0 ]; then
 		rm -f -- "$@"
 	fi
@@ -981,11 +1013,18 @@ fail() {
 	exit 1
 }
 
-# load_config: reads the network configuration on stdin with CONFIG_AWK into the
-# CFG_*, PREV_* and GC_* globals. Undecodable input is error 6 (CONFIG_AWK exits 3).
+# load_config: reads the network configuration on stdin (read_stdin) into the CFG_*,
+# PREV_* and GC_* globals: config_compiled knows this node's own config as libcni
+# passes it, anything else goes to CONFIG_AWK. Undecodable input is error 6
+# (CONFIG_AWK exits 3).
 load_config() {
+	read_stdin
+	config_compiled && return 0
 	lc_rc=0
-	lc_records=$(awk -v max="$CONFIG_MAX" "$CONFIG_AWK") || lc_rc=$?
+	lc_records=$(awk -v max="$CONFIG_MAX" "$CONFIG_AWK" <<EOF
+$CFG_TEXT
+EOF
+	) || lc_rc=$?
 	case $lc_rc in
 	0) ;;
 	3) fail "$E_DECODE" "cannot decode the network configuration on stdin" "$lc_records" ;;
@@ -1004,6 +1043,50 @@ load_config() {
 	done <<EOF
 $lc_records
 EOF
+}
+
+# read_stdin: CFG_TEXT, the text on stdin as CONFIG_AWK sees it: its lines joined by
+# newlines, without a last newline. The shell's read drops NUL bytes (JSON holds
+# none; CONFIG_AWK never sees one). Stops once past CONFIG_MAX bytes, which
+# CONFIG_AWK then refuses.
+read_stdin() {
+	CFG_TEXT=
+	rs_sep=
+	rs_line=
+	while IFS= read -r rs_line; do
+		CFG_TEXT=$CFG_TEXT$rs_sep$rs_line
+		rs_sep=$NL
+		rs_line=
+
+		[ "${#CFG_TEXT}" -le "$CONFIG_MAX" ] || return 0
+	done
+	[ -z "$rs_line" ] || CFG_TEXT=$CFG_TEXT$rs_sep$rs_line
+}
+
+# config_compiled: whether CFG_TEXT is, byte for byte, this node's compiled config
+# as libcni passes it to a plugin (CONFIG_HEAD CNIVERSION CONFIG_TAIL: Go's
+# encoding/json, keys sorted, compact, "name" and "cniVersion" injected; no
+# prevResult, runtimeConfig or args) with a cniVersion this plugin speaks. Then it
+# sets what CONFIG_AWK's records would (the name, type, bridge and MTU are the
+# compiled ones), without starting awk; anything else is left to CONFIG_AWK.
+config_compiled() {
+	[ -n "$CONFIG_HEAD" ] || return 1
+	case $CFG_TEXT in
+	"$CONFIG_HEAD"*"$CONFIG_TAIL") ;;
+	*) return 1 ;;
+	esac
+	cc_version=${CFG_TEXT#"$CONFIG_HEAD"}
+	cc_version=${cc_version%"$CONFIG_TAIL"}
+	case $cc_version in
+	'' | *[!0-9.]*) return 1 ;;
+	esac
+	case " $PODNET_VERSIONS " in
+	*" $cc_version "*) ;;
+	*) return 1 ;;
+	esac
+	CFG_VERSION=$cc_version
+	CFG_NAME=$PODNET_NETWORK
+	CFG_TYPE=$PODNET_TYPE
 }
 
 # config_member: the next record of a top-level member (PATH, TYPE, VALUE lines).
@@ -1192,12 +1275,15 @@ valid_netns_path() {
 # pods, and stay.
 # ---------------------------------------------------------------------------
 
-# cmd_add: attaches CID's IFNAME in NETNS (CNI ADD and direct `add`).
+# cmd_add: attaches CID's IFNAME in NETNS (CNI ADD and direct `add`). Most of an ADD
+# is processes starting (ip, flock, iptables), so steps that do not depend on each
+# other run side by side: the masquerade rule's check from the start, the lease
+# beside the host side.
 cmd_add() {
 	trap 'fail "$E_AGAIN" "interrupted by a signal" "nothing was left behind; retry ADD"' HUP INT TERM
 	veth_name
-	add_veth
-	add_lease
+	add_masquerade_check
+	add_veth_and_lease
 	add_pod_side
 	add_forwarding
 	add_masquerade
@@ -1243,12 +1329,19 @@ fnv1a() {
 	done
 }
 
-# add_veth: the veth pair, its peer created directly inside the pod's netns as IFNAME
-# (much faster than moving it), MTU on both ends, the host end on the bridge, up and
-# marked with ALIAS; the bridge's gateway address(es) and up state; reads both MACs.
-# One `ip -batch`; when its first line fails nothing was created, and add_veth_refused
-# finds out why (the bridge is created there on the node's first ADD) and may retry.
-add_veth() {
+# add_veth_and_lease [retried]: the host side and the lease, side by side.
+# The host side is one `ip -batch`: the veth pair, its peer created directly inside
+# the pod's netns as IFNAME (much faster than moving it), MTU on both ends, the host
+# end on the bridge, up and marked with ALIAS; the bridge's gateway address(es) and
+# up state; both MACs read back. Meanwhile add_lease_side takes the lease. A lease
+# taken beside a host side that failed is given back, so a failed host side leaves
+# no lease, as when the lease came after it. When the batch's first line fails
+# nothing was created, and add_veth_refused finds out why (the bridge is created
+# there when /sys did not show it missing) and may retry once.
+add_veth_and_lease() {
+	# The node's first ADD creates the bridge before, not after a failed batch. /sys
+	# is a hint only (it may show another namespace): add_veth_refused has the say.
+	[ -n "${1:-}" ] || [ -e "/sys/class/net/$BRIDGE" ] || add_bridge
 	av_batch="link add name $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
 link set dev $VETH alias $ALIAS"
 	for av_addr in $BRIDGE_ADDRS; do
@@ -1259,10 +1352,40 @@ link set dev $VETH alias $ALIAS"
 		esac
 	done
 	av_batch="$av_batch${NL}link set dev $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
-	if ! av_out=$("$IP" -o -batch - 2>&1 <<EOF
+	# ip's output and status, then add_lease_side's lines (passed on once ip is done)
+	av_out=$(
+		add_lease_side | {
+			av_rc=0
+			"$IP" -o -batch - 2>&1 <<EOF || av_rc=$?
 $av_batch
 EOF
-	); then
+			printf '\n=%s\n' "$av_rc"
+			while IFS= read -r av_line; do
+				printf '%s\n' "$av_line"
+			done
+		}
+	)
+	av_lease=${av_out##*"$NL="}
+	chomp "${av_out%"$NL="*}"
+	av_out=$CHOMPED
+	av_rc=${av_lease%%"$NL"*}
+	LEASES=${av_lease#*"$NL"}
+	av_lease=${LEASES##*"$NL"}
+	LEASES=${LEASES%"$av_lease"}
+	LEASES=${LEASES%"$NL"}
+	# the lease status (0 taken, 2 pool exhausted, 1 failed, - not yet), then what
+	# was newly taken (not leased to the pair before)
+	case $av_lease in
+	*" "*) IPAM_TAKEN=${av_lease#* } av_lease=${av_lease%% *} ;;
+	*) IPAM_TAKEN= ;;
+	esac
+	if [ "$av_lease" = 0 ] && [ "$av_rc" = 0 ]; then
+		ADD_LEASE=1
+	elif [ "$av_lease" = 0 ]; then
+		# (a lease that cannot be given back is this ADD's to undo)
+		[ -z "$IPAM_TAKEN" ] || ipam_give_back "$CID" "$IFNAME" || ADD_LEASE=1
+	fi
+	if [ "$av_rc" != 0 ]; then
 		# iproute2 names the failed line: line 1 created nothing, a later one leaves a
 		# pair to undo. An argument it rejects (a missing bridge) stops it before any
 		# line runs, without a line number: then the pair is ours only if it has our alias.
@@ -1275,7 +1398,7 @@ EOF
 			fail "$E_FAILED" "cannot set up the host side of $IFNAME" "$av_out"
 		fi
 		add_veth_refused "$av_out" "${1:-}"
-		add_veth retried
+		add_veth_and_lease retried
 		return 0
 	fi
 	ADD_VETH=1
@@ -1285,6 +1408,27 @@ EOF
 	link_line "$av_out" "$VETH"
 	mac_of "$LINK_LINE"
 	VETH_MAC=$MAC
+	if [ "$av_lease" = - ]; then
+		# the Python fallback: after the host side
+		av_lease=0
+		LEASES=$(ipam_add "$CID" "$IFNAME") || av_lease=$?
+	fi
+	add_lease "$av_lease"
+}
+
+# add_lease_side: the left end of add_veth_and_lease's pipeline (a subshell): with
+# util-linux flock, takes the lease and prints the leases (ipam_add's lines), then
+# the status (0, 2 pool exhausted, 1 failed) and the addresses newly taken on one
+# line. The Python fallback cannot say what it took: then it prints "-" and the
+# lease comes after the host side.
+add_lease_side() {
+	if ! command -v flock >/dev/null 2>&1; then
+		echo -
+		return 0
+	fi
+	als_rc=0
+	ipam_add "$CID" "$IFNAME" || als_rc=$?
+	printf '%s %s\n' "$als_rc" "${IPAM_TAKEN:-}"
 }
 
 # veth_is_ours: VETH exists and carries this attachment's ALIAS.
@@ -1321,7 +1465,7 @@ add_veth_refused() {
 # (else it takes its ports' MACs as pods come and go) and multicast snooping off (with
 # it on, pods were measured losing their first ARP exchanges for a second or two once
 # IPv6 multicast listeners appear on the ports). A concurrent ADD may create it first,
-# which is fine. Its address and up state are applied by add_veth's batch.
+# which is fine. Its address and up state are applied by add_veth_and_lease's batch.
 add_bridge() {
 	if ! ab_out=$("$IP" link add name "$BRIDGE" address "$BRIDGE_MAC_FIXED" mtu "$MTU" type bridge mcast_snooping 0 2>&1); then
 		"$IP" link show dev "$BRIDGE" >/dev/null 2>&1 || fail "$E_FAILED" "cannot create the bridge $BRIDGE" "$ab_out"
@@ -1345,6 +1489,17 @@ $1
 EOF
 }
 
+# chomp TEXT: sets CHOMPED to TEXT without its trailing newlines, as $(...) drops them.
+chomp() {
+	CHOMPED=$1
+	while :; do
+		case $CHOMPED in
+		*"$NL") CHOMPED=${CHOMPED%"$NL"} ;;
+		*) return 0 ;;
+		esac
+	done
+}
+
 # mac_of LINE: sets MAC from an `ip -o link show` line (empty when it has none).
 mac_of() {
 	mo_rest=${1#*link/ether }
@@ -1355,13 +1510,11 @@ mac_of() {
 	esac
 }
 
-# add_lease: one address per family from IPAM into LEASES ("ADDRESS/PREFIX GATEWAY"
-# lines). IPAM returns 2 when the pool is exhausted, and takes nothing on failure;
-# its diagnostics go to stderr, where the runtime logs them.
+# add_lease STATUS: the lease's status (ipam_add's); LEASES holds its "ADDRESS/PREFIX
+# GATEWAY" lines. IPAM reports 2 when the pool is exhausted, and takes nothing on
+# failure; its diagnostics go to stderr, where the runtime logs them.
 add_lease() {
-	al_rc=0
-	LEASES=$(ipam_add "$CID" "$IFNAME") || al_rc=$?
-	case $al_rc in
+	case $1 in
 	0) ;;
 	2) fail "$E_EXHAUSTED" "no free address for $CID/$IFNAME: the node's pod subnet is exhausted" "delete unused pods, or run GC to release leaked leases" ;;
 	*) fail "$E_FAILED" "IPAM could not allocate an address for $CID/$IFNAME" "see the plugin's stderr" ;;
@@ -1462,12 +1615,26 @@ enable_sysctl() {
 	fi
 }
 
+# add_masquerade_check: with masquerade on, starts checking the node's masquerade
+# rule (`iptables -C`, a process of its own) in the background, so it runs while the
+# host side and the lease are set up; add_masquerade takes its answer (AM_PID). An
+# ADD that fails meanwhile leaves it to finish alone: it only reads.
+add_masquerade_check() {
+	AM_PID=
+	[ "$MASQUERADE" = 1 ] || return 0
+	masq_rule exec iptables -w -t nat -C POSTROUTING >/dev/null 2>&1 &
+	AM_PID=$!
+}
+
 # add_masquerade: the node's one masquerade rule when masquerade is on. An existing
-# rule costs one check; a missing one is added under STORE_LOCK so concurrent ADDs
-# never add it twice. Nothing per container exists, so nothing can leak.
+# rule costs one check (add_masquerade_check's); a missing one is added under
+# STORE_LOCK so concurrent ADDs never add it twice. Nothing per container exists, so
+# nothing can leak.
 add_masquerade() {
 	[ "$MASQUERADE" = 1 ] || return 0
-	masq_rule iptables -w -t nat -C POSTROUTING 2>/dev/null && return 0
+	if [ -n "$AM_PID" ] && wait "$AM_PID"; then
+		return 0
+	fi
 	# shellcheck disable=SC2016 # the $@ belong to the inner sh
 	am_script='iptables -w -t nat -C POSTROUTING "$@" 2>/dev/null || iptables -w -t nat -A POSTROUTING "$@"'
 	if command -v flock >/dev/null 2>&1; then
@@ -1574,11 +1741,17 @@ EOF
 # CNI_NETNS, a repeated DEL: all succeed and release whatever is left.
 # ---------------------------------------------------------------------------
 
-# cmd_del: removes CID's IFNAME (the veth pair) and releases its leases.
+# cmd_del: removes CID's IFNAME (the veth pair) and releases its leases, side by
+# side: the kernel takes most of DEL's time removing the pair, and the leases do not
+# depend on it (the reference plugin, too, releases them first).
 cmd_del() {
-	del_links
-	if ! dl_out=$(ipam_del "$CID" "$IFNAME" 2>&1); then
-		fail "$E_AGAIN" "cannot release the leases of $CID/$IFNAME" "${dl_out:-see the stderr of the plugin}; retry DEL"
+	del_links &
+	cd_links=$!
+	cd_rc=0
+	cd_out=$(ipam_del "$CID" "$IFNAME" 2>&1) || cd_rc=$?
+	wait "$cd_links" || :
+	if [ "$cd_rc" != 0 ]; then
+		fail "$E_AGAIN" "cannot release the leases of $CID/$IFNAME" "${cd_out:-see the stderr of the plugin}; retry DEL"
 	fi
 	[ "$MODE" = cni ] || printf '%s\n' "$CID: $IFNAME removed, leases released"
 }
@@ -1602,85 +1775,101 @@ EOF
 }
 
 # ---------------------------------------------------------------------------
-# GC (spec 1.1.0): releases every lease, and removes every marked host veth on
-# the bridge, that belongs to no attachment in cni.dev/valid-attachments.
+# Entry points (direct mode's and the usage text are at the end of the file).
 # ---------------------------------------------------------------------------
 
-# cmd_gc: GC_KEEP holds the valid attachments as "ID IFNAME" lines.
-cmd_gc() {
-	[ -n "$GC_KEY" ] || fail "$E_CONFIG" "GC needs cni.dev/valid-attachments in the network configuration" \
-		"without it every lease would look unused; nothing was released"
-	while read -r gc_id gc_if; do
-		[ -n "$gc_id$gc_if" ] || continue
-		if ! valid_container_id "$gc_id" || ! valid_ifname "$gc_if"; then
-			fail "$E_CONFIG" "invalid entry in cni.dev/valid-attachments: containerID and ifname must be valid" "nothing was released"
+# cni_main: CNI mode. The order of checks decides the error code: command (4),
+# stdin (6), cniVersion (1), environment (4), config (7).
+cni_main() {
+	MODE=cni
+	COMMAND=${CNI_COMMAND:-}
+	case $COMMAND in
+	VERSION)
+		cmd_version
+		return 0
+		;;
+	ADD | CHECK | DEL | GC | STATUS) ;;
+	'') fail "$E_ENV" "required environment variables missing: CNI_COMMAND" ;;
+	*) fail "$E_ENV" "invalid CNI_COMMAND: expected ADD, CHECK, DEL, GC, STATUS or VERSION" ;;
+	esac
+	load_config
+	check_version
+	case $COMMAND in
+	CHECK) version_at_least 0.4.0 || fail "$E_VERSION" "config version $REPLY_VERSION does not allow CHECK" "CHECK needs cniVersion 0.4.0 or newer" ;;
+	GC | STATUS) version_at_least 1.1.0 || fail "$E_VERSION" "config version $REPLY_VERSION does not allow $COMMAND" "$COMMAND needs cniVersion 1.1.0" ;;
+	esac
+	read_env
+	check_config
+	case $COMMAND in
+	ADD) cmd_add ;;
+	CHECK) cmd_check ;;
+	DEL) cmd_del ;;
+	GC) cmd_gc ;;
+	STATUS) cmd_status ;;
+	esac
+}
+
+# find_ip: IP, the path of the first `ip` in PATH, then in the usual system
+# directories (a runtime may pass a short PATH). A bare `ip` under busybox ash may
+# run busybox's own applet, which lacks -batch.
+find_ip() {
+	IP=''
+	fi_rest=$PATH:/usr/sbin:/usr/bin:/sbin:/bin:
+	while [ -n "$fi_rest" ]; do
+		fi_dir=${fi_rest%%:*}
+		fi_rest=${fi_rest#*:}
+		if [ -n "$fi_dir" ] && [ -f "$fi_dir/ip" ] && [ -x "$fi_dir/ip" ]; then
+			IP=$fi_dir/ip
+			return 0
 		fi
-	done <<EOF
-$GC_KEEP
-EOF
-	if ! gc_out=$(ipam_gc 2>&1 <<EOF
-$GC_KEEP
-EOF
-	); then
-		fail "$E_AGAIN" "GC could not release unused leases" "${gc_out:-see the stderr of the plugin}; retry GC"
-	fi
-	gc_links
-}
-
-# gc_links: deletes the bridge's ports whose alias (podnet:ID/IFNAME) names no valid
-# attachment; ports without our alias are left alone.
-gc_links() {
-	gl_ports=$("$IP" -o link show master "$BRIDGE" 2>/dev/null) || return 0
-	gl_batch=
-	while IFS= read -r gl_line; do
-		case "$gl_line " in
-		*" alias podnet:"*/*) ;;
-		*) continue ;;
-		esac
-		gl_owner=${gl_line##* alias podnet:}
-		gl_owner=${gl_owner%% *}
-		case "$NL$GC_KEEP" in
-		*"$NL${gl_owner%/*} ${gl_owner##*/}$NL"*) continue ;;
-		esac
-		gl_name=${gl_line#*: }
-		gl_name=${gl_name%%[@:]*}
-		valid_ifname "$gl_name" && gl_batch="${gl_batch}link del dev $gl_name$NL"
-	done <<EOF
-$gl_ports
-EOF
-	[ -z "$gl_batch" ] || "$IP" -force -batch - >/dev/null 2>&1 <<EOF || say "GC: some unused host veths could not be removed"
-$gl_batch
-EOF
-}
-
-# ---------------------------------------------------------------------------
-# STATUS (spec 1.1.0): can this node serve ADD? Error 50 names what is missing.
-# ---------------------------------------------------------------------------
-
-cmd_status() {
-	command -v awk >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "awk is not installed" "install an awk (mawk, gawk or busybox)"
-	if ! command -v flock >/dev/null 2>&1; then
-		command -v python3 >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "neither flock nor python3 is installed" "install util-linux (flock) or python3"
-		[ -f "${0%/*}/podnet-ipam.py" ] || fail "$E_UNAVAILABLE" "flock is missing and podnet-ipam.py is not beside the plugin" "install util-linux, or podnet-ipam.py into ${0%/*}"
-	fi
-	if [ "$MASQUERADE" = 1 ] && ! command -v iptables >/dev/null 2>&1; then
-		fail "$E_UNAVAILABLE" "iptables is not installed, and masquerade is on" "install iptables"
-	fi
-	st_dir=${STORE_LOCK%/*}
-	while [ ! -e "$st_dir" ] && [ -n "$st_dir" ]; do
-		st_dir=${st_dir%/*}
 	done
-	[ -w "${st_dir:-/}" ] || fail "$E_UNAVAILABLE" "the IPAM store ${STORE_LOCK%/*} is not writable" "check its permissions and mount"
+	return 1
 }
 
-# cmd_version: the spec versions this plugin speaks.
-cmd_version() {
-	cv_list=
-	for cv_v in $PODNET_VERSIONS; do
-		cv_list="$cv_list\"$cv_v\","
-	done
-	printf '{"cniVersion":"%s","supportedVersions":[%s]}\n' "$PODNET_LATEST" "${cv_list%,}"
+main() {
+	if ! find_ip && [ "${1:-}${CNI_COMMAND:-}" != VERSION ]; then
+		[ -n "${1:-}" ] && MODE=direct COMMAND=$1
+		fail "$E_UNAVAILABLE" "iproute2's ip is not in PATH" "install iproute2"
+	fi
+	case ${1:-} in
+	add | del | check) direct_main "$@" ;;
+	-h | --help | help)
+		usage
+		exit 0
+		;;
+	'')
+		[ -n "${CNI_COMMAND:-}" ] || usage
+		cni_main
+		;;
+	*)
+		usage
+		exit 2
+		;;
+	esac
 }
+
+# sourced: whether a shell is sourcing this file (`. net-setup.sh`, as tests do: $0
+# is then the shell's name), so it only defines the functions.
+sourced() {
+	case ${0##*/} in
+	sh | dash | ash | bash | busybox | ksh | mksh) return 0 ;;
+	esac
+	return 1
+}
+
+# ---- ADD and DEL run here -------------------------------------------------------
+# dash and busybox ash read a script one top-level command at a time, parsing as
+# they go. ADD and DEL, what a runtime runs for every pod, need only what is above:
+# they run and exit here, and the shell never reads (parses) the rest of the file,
+# which only CHECK, GC, STATUS, VERSION and direct mode need.
+if ! sourced && [ "$#" -eq 0 ]; then
+	case ${CNI_COMMAND:-} in
+	ADD | DEL)
+		main
+		exit 0
+		;;
+	esac
+fi
 
 # ---------------------------------------------------------------------------
 # CHECK: the attachment is still what ADD made. The expectations come from
@@ -1855,7 +2044,88 @@ check_host() {
 }
 
 # ---------------------------------------------------------------------------
-# Entry points.
+# GC (spec 1.1.0): releases every lease, and removes every marked host veth on
+# the bridge, that belongs to no attachment in cni.dev/valid-attachments.
+# ---------------------------------------------------------------------------
+
+# cmd_gc: GC_KEEP holds the valid attachments as "ID IFNAME" lines.
+cmd_gc() {
+	[ -n "$GC_KEY" ] || fail "$E_CONFIG" "GC needs cni.dev/valid-attachments in the network configuration" \
+		"without it every lease would look unused; nothing was released"
+	while read -r gc_id gc_if; do
+		[ -n "$gc_id$gc_if" ] || continue
+		if ! valid_container_id "$gc_id" || ! valid_ifname "$gc_if"; then
+			fail "$E_CONFIG" "invalid entry in cni.dev/valid-attachments: containerID and ifname must be valid" "nothing was released"
+		fi
+	done <<EOF
+$GC_KEEP
+EOF
+	if ! gc_out=$(ipam_gc 2>&1 <<EOF
+$GC_KEEP
+EOF
+	); then
+		fail "$E_AGAIN" "GC could not release unused leases" "${gc_out:-see the stderr of the plugin}; retry GC"
+	fi
+	gc_links
+}
+
+# gc_links: deletes the bridge's ports whose alias (podnet:ID/IFNAME) names no valid
+# attachment; ports without our alias are left alone.
+gc_links() {
+	gl_ports=$("$IP" -o link show master "$BRIDGE" 2>/dev/null) || return 0
+	gl_batch=
+	while IFS= read -r gl_line; do
+		case "$gl_line " in
+		*" alias podnet:"*/*) ;;
+		*) continue ;;
+		esac
+		gl_owner=${gl_line##* alias podnet:}
+		gl_owner=${gl_owner%% *}
+		case "$NL$GC_KEEP" in
+		*"$NL${gl_owner%/*} ${gl_owner##*/}$NL"*) continue ;;
+		esac
+		gl_name=${gl_line#*: }
+		gl_name=${gl_name%%[@:]*}
+		valid_ifname "$gl_name" && gl_batch="${gl_batch}link del dev $gl_name$NL"
+	done <<EOF
+$gl_ports
+EOF
+	[ -z "$gl_batch" ] || "$IP" -force -batch - >/dev/null 2>&1 <<EOF || say "GC: some unused host veths could not be removed"
+$gl_batch
+EOF
+}
+
+# ---------------------------------------------------------------------------
+# STATUS (spec 1.1.0): can this node serve ADD? Error 50 names what is missing.
+# ---------------------------------------------------------------------------
+
+cmd_status() {
+	command -v awk >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "awk is not installed" "install an awk (mawk, gawk or busybox)"
+	if ! command -v flock >/dev/null 2>&1; then
+		command -v python3 >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "neither flock nor python3 is installed" "install util-linux (flock) or python3"
+		[ -f "${0%/*}/podnet-ipam.py" ] || fail "$E_UNAVAILABLE" "flock is missing and podnet-ipam.py is not beside the plugin" "install util-linux, or podnet-ipam.py into ${0%/*}"
+	fi
+	if [ "$MASQUERADE" = 1 ] && ! command -v iptables >/dev/null 2>&1; then
+		fail "$E_UNAVAILABLE" "iptables is not installed, and masquerade is on" "install iptables"
+	fi
+	st_dir=${STORE_LOCK%/*}
+	while [ ! -e "$st_dir" ] && [ -n "$st_dir" ]; do
+		st_dir=${st_dir%/*}
+	done
+	[ -w "${st_dir:-/}" ] || fail "$E_UNAVAILABLE" "the IPAM store ${STORE_LOCK%/*} is not writable" "check its permissions and mount"
+}
+
+# cmd_version: the spec versions this plugin speaks.
+cmd_version() {
+	cv_list=
+	for cv_v in $PODNET_VERSIONS; do
+		cv_list="$cv_list\"$cv_v\","
+	done
+	printf '{"cniVersion":"%s","supportedVersions":[%s]}\n' "$PODNET_LATEST" "${cv_list%,}"
+}
+
+# ---------------------------------------------------------------------------
+# Direct mode and the usage text; then every other command runs.
 # ---------------------------------------------------------------------------
 
 usage() {
@@ -1864,37 +2134,6 @@ usage: ${0##*/} add|check CONTAINER NETNS | del CONTAINER [NETNS]   (direct mode
        CNI_COMMAND=ADD|CHECK|DEL|GC|STATUS|VERSION ... ${0##*/} <config  (CNI mode)
 NETNS is a name from \`ip netns\` or a path; the interface is $DIRECT_IFNAME.
 EOF
-}
-
-# cni_main: CNI mode. The order of checks decides the error code: command (4),
-# stdin (6), cniVersion (1), environment (4), config (7).
-cni_main() {
-	MODE=cni
-	COMMAND=${CNI_COMMAND:-}
-	case $COMMAND in
-	VERSION)
-		cmd_version
-		return 0
-		;;
-	ADD | CHECK | DEL | GC | STATUS) ;;
-	'') fail "$E_ENV" "required environment variables missing: CNI_COMMAND" ;;
-	*) fail "$E_ENV" "invalid CNI_COMMAND: expected ADD, CHECK, DEL, GC, STATUS or VERSION" ;;
-	esac
-	load_config
-	check_version
-	case $COMMAND in
-	CHECK) version_at_least 0.4.0 || fail "$E_VERSION" "config version $REPLY_VERSION does not allow CHECK" "CHECK needs cniVersion 0.4.0 or newer" ;;
-	GC | STATUS) version_at_least 1.1.0 || fail "$E_VERSION" "config version $REPLY_VERSION does not allow $COMMAND" "$COMMAND needs cniVersion 1.1.0" ;;
-	esac
-	read_env
-	check_config
-	case $COMMAND in
-	ADD) cmd_add ;;
-	CHECK) cmd_check ;;
-	DEL) cmd_del ;;
-	GC) cmd_gc ;;
-	STATUS) cmd_status ;;
-	esac
 }
 
 # direct_main add|del|check CONTAINER [NETNS]: direct mode, with the compiled config.
@@ -1919,47 +2158,5 @@ direct_main() {
 	esac
 }
 
-# find_ip: IP, the path of the first `ip` in PATH, then in the usual system
-# directories (a runtime may pass a short PATH). A bare `ip` under busybox ash may
-# run busybox's own applet, which lacks -batch.
-find_ip() {
-	IP=''
-	fi_rest=$PATH:/usr/sbin:/usr/bin:/sbin:/bin:
-	while [ -n "$fi_rest" ]; do
-		fi_dir=${fi_rest%%:*}
-		fi_rest=${fi_rest#*:}
-		if [ -n "$fi_dir" ] && [ -f "$fi_dir/ip" ] && [ -x "$fi_dir/ip" ]; then
-			IP=$fi_dir/ip
-			return 0
-		fi
-	done
-	return 1
-}
-
-main() {
-	if ! find_ip && [ "${1:-}${CNI_COMMAND:-}" != VERSION ]; then
-		[ -n "${1:-}" ] && MODE=direct COMMAND=$1
-		fail "$E_UNAVAILABLE" "iproute2's ip is not in PATH" "install iproute2"
-	fi
-	case ${1:-} in
-	add | del | check) direct_main "$@" ;;
-	-h | --help | help)
-		usage
-		exit 0
-		;;
-	'')
-		[ -n "${CNI_COMMAND:-}" ] || usage
-		cni_main
-		;;
-	*)
-		usage
-		exit 2
-		;;
-	esac
-}
-
-# Run unless sourced: a test's `. net-setup.sh` runs in a shell whose $0 is the shell.
-case ${0##*/} in
-sh | dash | ash | bash | busybox | ksh | mksh) ;;
-*) main "$@" ;;
-esac
+# Run unless sourced (ADD and DEL from a runtime already ran above).
+sourced || main "$@"
