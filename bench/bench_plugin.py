@@ -93,8 +93,10 @@ def forks(spaces: Namespaces, node, tag: str) -> int:
     trace = node.root / f"strace-{tag}"
     env = {"DRV": str(DRIVER), "DRV_PATH": node.cni_path, "DRV_CACHE": str(node.cache), "DRV_CONF": str(node.conf_path),
            "DRV_NETNS": pod.path, "DRV_ID": pod.cid, "TRACE": str(trace)}
-    node.sh('exec strace -f -qq -e trace=execve -o "$TRACE" "$DRV" -path "$DRV_PATH" -cache "$DRV_CACHE" -netns "$DRV_NETNS" -id "$DRV_ID" add "$DRV_CONF"', env=env)
-    execs = sum(1 for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line)
+    # -z: successful calls only, each on one line (without it, execve calls of processes
+    # running side by side are split into "unfinished" and "resumed" lines)
+    node.sh('exec strace -f -qq -z -e trace=execve -o "$TRACE" "$DRV" -path "$DRV_PATH" -cache "$DRV_CACHE" -netns "$DRV_NETNS" -id "$DRV_ID" add "$DRV_CONF"', env=env)
+    execs = sum(1 for line in trace.read_text().splitlines() if "execve(" in line)
     node.driver("del", pod)
     return execs - 1
 

@@ -1277,13 +1277,13 @@ valid_netns_path() {
 
 # cmd_add: attaches CID's IFNAME in NETNS (CNI ADD and direct `add`). Most of an ADD
 # is processes starting (ip, flock, iptables), so steps that do not depend on each
-# other run side by side: the masquerade rule's check from the start, the lease
-# beside the host side.
+# other run side by side, two at a time (a node has two cores or more): the lease
+# beside the host side, then the masquerade rule's check beside the pod side.
 cmd_add() {
 	trap 'fail "$E_AGAIN" "interrupted by a signal" "nothing was left behind; retry ADD"' HUP INT TERM
 	veth_name
-	add_masquerade_check
 	add_veth_and_lease
+	add_masquerade_check
 	add_pod_side
 	add_forwarding
 	add_masquerade
@@ -1474,19 +1474,21 @@ add_bridge() {
 
 # link_line OUTPUT NAME: sets LINK_LINE, the line of `ip -o link show` OUTPUT that
 # describes NAME ("N: NAME: <...>" or "N: NAME@PEER: <...>"); OUTPUT may also hold
-# warnings on other lines.
+# warnings on other lines. Split in the shell, not read: `read` costs a system call
+# per byte.
 link_line() {
 	LINK_LINE=''
-	while IFS= read -r ll_line; do
+	ll_rest=$1$NL
+	while [ -n "$ll_rest" ]; do
+		ll_line=${ll_rest%%"$NL"*}
+		ll_rest=${ll_rest#*"$NL"}
 		case $ll_line in
 		[0-9]*": $2: "* | [0-9]*": $2@"*)
 			LINK_LINE=$ll_line
 			return 0
 			;;
 		esac
-	done <<EOF
-$1
-EOF
+	done
 }
 
 # chomp TEXT: sets CHOMPED to TEXT without its trailing newlines, as $(...) drops them.
@@ -1617,8 +1619,8 @@ enable_sysctl() {
 
 # add_masquerade_check: with masquerade on, starts checking the node's masquerade
 # rule (`iptables -C`, a process of its own) in the background, so it runs while the
-# host side and the lease are set up; add_masquerade takes its answer (AM_PID). An
-# ADD that fails meanwhile leaves it to finish alone: it only reads.
+# pod side is set up; add_masquerade takes its answer (AM_PID). An ADD that fails
+# meanwhile leaves it to finish alone: it only reads.
 add_masquerade_check() {
 	AM_PID=
 	[ "$MASQUERADE" = 1 ] || return 0
