@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any, Dict, Optional, Tuple, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -39,6 +40,12 @@ def node_prefix_length(version: int, network: Dict[str, Any], single_stack: bool
     if single_stack and "nodePrefixLength" in network:
         return network["nodePrefixLength"]
     return DEFAULTS["nodePrefixLength6"]
+
+
+@lru_cache(maxsize=1 << 16)
+def text(value: Any) -> str:
+    """str() of an address or network, remembered: views spell each one many times."""
+    return str(value)
 
 
 CNI_VERSIONS = ("0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -108,7 +115,7 @@ class Node:
     def subnet(self) -> IPNetwork:
         return self.subnets[0]
 
-    @property
+    @cached_property  # frozen: computed once per node
     def gateways(self) -> Tuple[IPAddress, ...]:
         """The bridge's address per family: the first address of each subnet."""
         return tuple(s.network_address + 1 for s in self.subnets)

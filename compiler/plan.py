@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
 from compiler import ansible, review
-from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology
+from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology, text
 
 CONF_PRIORITY = "10"
 
@@ -47,23 +47,25 @@ def route_table(topo: Topology) -> List[Tuple[str, str, str]]:
     for node in topo.nodes:
         for subnet in node.subnets:
             nexthop = next(a for a in node.addresses if a.version == subnet.version)
-            rows.append((str(subnet), str(nexthop), node.name))
+            rows.append((text(subnet), text(nexthop), node.name))
     return rows
 
 
 def plan(topo: Topology) -> List[Artifact]:
     src = source_name(topo.source)
     common = {"source": src, "network": _network_view(topo)}
+    routes = route_table(topo)
     out: List[Artifact] = [
-        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table(topo)}),
-        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, route_table(topo))}),
+        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": routes}),
+        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, routes)}),
     ]
+    conf = conf_name(topo)
     for node in topo.nodes:
         view = {**common, "node": _node_view(topo, node)}
         base = f"nodes/{node.name}"
         out += [
             Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
-            Artifact(f"{base}/{conf_name(topo)}", 0o644, "json", data=cni_config(topo, node)),
+            Artifact(f"{base}/{conf}", 0o644, "json", data=cni_config(topo, node)),
             Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
             # IPAM without util-linux flock: the plugin runs it from its own directory
             Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
@@ -98,14 +100,14 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
 def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
     return {
         "name": node.name,
-        "address": str(node.address),
-        "addresses": [str(a) for a in node.addresses],
+        "address": text(node.address),
+        "addresses": [text(a) for a in node.addresses],
         "interface": node.interface,
-        "subnet": str(node.subnet),
-        "subnets": [str(s) for s in node.subnets],
+        "subnet": text(node.subnet),
+        "subnets": [text(s) for s in node.subnets],
         "prefix": node.subnet.prefixlen,
-        "gateway": str(node.gateway),
-        "gateways": [str(g) for g in node.gateways],
+        "gateway": text(node.gateway),
+        "gateways": [text(g) for g in node.gateways],
         "pinned": node.pinned[0],
         # The node's one masquerade rule (iptables -t nat ... POSTROUTING): pod traffic
         # leaving the cluster's pod range. The plugin and routes.sh install exactly this
@@ -114,12 +116,12 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         # The plugin's view: the bridge's addresses (gateway/prefix per family), the
         # routes every pod gets (via its family's gateway), the lock the plugin takes
         # around the masquerade rule (the IPAM store's, so no new file appears).
-        "bridge_addresses": [f"{g}/{s.prefixlen}" for g, s in zip(node.gateways, node.subnets)],
+        "bridge_addresses": [f"{text(g)}/{s.prefixlen}" for g, s in zip(node.gateways, node.subnets)],
         "pod_routes": pod_routes(node),
         "bridge_mac": bridge_mac(topo, node),
         "store_lock": f"{ipam_store(topo)}/lock",
         # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
-        "ipam_ranges": [",".join((str(s), str(lo), str(hi), str(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
+        "ipam_ranges": [",".join((text(s), text(lo), text(hi), text(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
         # The config as libcni passes it on stdin, split around the cniVersion's value:
         # the plugin recognises these bytes without running its JSON reader.
         "libcni_config": libcni_config(topo, node),
@@ -153,7 +155,7 @@ def masquerade_rule(topo: Topology, node: Node) -> List[str]:
         return []
     subnet = next(s for s in node.subnets if s.version == 4)
     pod_cidr = next(p.cidr for p in topo.network.pools if p.family == 4)
-    return ["-s", str(subnet), "!", "-d", str(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
+    return ["-s", text(subnet), "!", "-d", text(pod_cidr), "-m", "comment", "--comment", f"podnet:{topo.network.name}", "-j", "MASQUERADE"]
 
 
 # Routing (routes.sh). A node's routes.sh depends only on the node itself and the
@@ -189,7 +191,7 @@ def node_routes_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "dev": node.interface,
         "bridge": net.bridge,
         "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),
-        "own_subnets": " ".join(str(s) for s in node.subnets),
+        "own_subnets": " ".join(text(s) for s in node.subnets),
         "forwarding": forwarding_paths(s.version for s in node.subnets),
         "masquerade": masquerades(topo),
         "masq_rule": masquerade_rule(topo, node),
@@ -236,7 +238,7 @@ def ipam_ranges(topo: Topology, node: Node) -> List[Tuple[IPAddress, IPAddress]]
 
 
 def _cni_range(topo: Topology, subnet: IPNetwork, gateway: IPAddress, first: IPAddress, last: IPAddress) -> Dict[str, str]:
-    rng = {"subnet": str(subnet), "gateway": str(gateway)}
+    rng = {"subnet": text(subnet), "gateway": text(gateway)}
     if topo.network.range_start is not None:
         rng["rangeStart"] = str(first)
     if topo.network.range_end is not None:

@@ -7,14 +7,18 @@ a bug in the template and fails the compile, so no unquoted value can reach a sh
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 import jinja2
+import jinja2.meta
 import yaml
 
-from compiler import TEMPLATES_DIR
+from compiler import TEMPLATES_DIR, __version__
 from compiler.plan import Artifact
 
 SHELL_SUFFIXES = (".sh.j2", ".py.j2")
@@ -51,6 +55,9 @@ def _env(shell: bool) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
         undefined=jinja2.StrictUndefined,
+        # templates do not change during a compile: no stat(2) of every template
+        # (and of each it includes) on every render
+        auto_reload=False,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -84,3 +91,87 @@ def render(artifact: Artifact) -> bytes:
     shell = artifact.template.endswith(SHELL_SUFFIXES)
     text = _env(shell).get_template(artifact.template).render(**artifact.data)
     return text.encode()
+
+
+# Fingerprints of what an artifact is rendered from. Two artifacts with the same
+# key render to the same bytes; a file on disk rendered from the same key need not
+# be rendered again (write.TreeWriter.unchanged).
+
+
+@lru_cache(maxsize=1)
+def code_digest() -> bytes:
+    """podnet's own code and the versions of what renders: any change to them changes every key."""
+    h = hashlib.sha256(f"{__version__}\0{jinja2.__version__}\0{yaml.__version__}\0{sys.version_info[:2]}\0".encode())
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.digest()
+
+
+@lru_cache(maxsize=None)
+def template_inputs(name: str) -> Tuple[bytes, Optional[FrozenSet[str]]]:
+    """The digest of a template's source and of every template it includes, imports
+    or extends, transitively; and the top-level names they read (None when a
+    template is chosen at run time: then every template counts and every name)."""
+    env = _env(False)
+    h = hashlib.sha256()
+    names: set = set()
+    seen, todo = set(), [name]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        source = env.loader.get_source(env, current)[0]
+        h.update(current.encode() + b"\0" + source.encode() + b"\0")
+        ast = env.parse(source)
+        names |= jinja2.meta.find_undeclared_variables(ast)
+        for ref in jinja2.meta.find_referenced_templates(ast):
+            if ref is None:
+                return _all_templates_digest(), None
+            todo.append(ref)
+    return h.digest(), frozenset(names)
+
+
+def _all_templates_digest() -> bytes:
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(TEMPLATES_DIR).rglob("*") if p.is_file()):
+        h.update(path.relative_to(TEMPLATES_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.digest()
+
+
+def inputs_key(artifact: Artifact, memo: Dict[int, Tuple[Any, bytes]]) -> Optional[str]:
+    """A digest of everything `render(artifact)` depends on: podnet's code, the
+    renderer, the template sources and the part of the data the templates read.
+    None when the data cannot be serialised canonically (then it is always rendered).
+    `memo` caches the serialisation of shared values (by identity) for one compile."""
+    h = hashlib.sha256(code_digest())
+    h.update(f"\0{artifact.renderer}\0{artifact.template}\0".encode())
+    names: Optional[FrozenSet[str]] = None
+    if artifact.template:
+        digest, names = template_inputs(artifact.template)
+        h.update(digest)
+    data = artifact.data
+    if artifact.renderer != "template":
+        names = None  # the json and yaml renderers read all of it
+    try:
+        if isinstance(data, dict):
+            for key in sorted(data) if names is None else sorted(names.intersection(data)):
+                h.update(b"\0" + _CANONICAL.encode(key).encode() + b"\0" + _canonical(data[key], memo))
+        else:
+            h.update(_canonical(data, memo))
+    except (TypeError, ValueError):
+        return None
+    return h.hexdigest()
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _canonical(value: Any, memo: Dict[int, Tuple[Any, bytes]]) -> bytes:
+    hit = memo.get(id(value))
+    if hit is not None and hit[0] is value:
+        return hit[1]
+    text = _CANONICAL.encode(value).encode()
+    if isinstance(value, (dict, list, tuple)):
+        memo[id(value)] = (value, text)  # keeps `value` alive, so its id is not reused
+    return text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Sequence, Tuple
 
-from compiler.model import Node, Topology
+from compiler.model import Node, Topology, text
 
 DIAGRAM_MAX_NODES = 50
 
@@ -41,10 +41,10 @@ def md(value: Any) -> str:
 def _node_row(node: Node) -> List[str]:
     return [
         md(node.name),
-        md(", ".join(map(str, node.addresses))),
+        md(", ".join(map(text, node.addresses))),
         md(node.interface),
-        md(", ".join(map(str, node.subnets))),
-        md(", ".join(map(str, node.gateways))),
+        md(", ".join(map(text, node.subnets))),
+        md(", ".join(map(text, node.gateways))),
         "pinned" if all(node.pinned) else "allocated",
     ]
 

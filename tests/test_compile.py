@@ -29,11 +29,12 @@ nodes:
 
 
 def tree(root: Path) -> dict:
-    """relative path -> (bytes, mode) of every file under root."""
+    """relative path -> (bytes, mode) of every file under root but the local index
+    (a cache of stat data, not an artifact)."""
     return {
         p.relative_to(root).as_posix(): (p.read_bytes(), p.stat().st_mode & 0o777)
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).as_posix() != ".podnet-index"
     }
 
 

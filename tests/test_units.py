@@ -159,3 +159,44 @@ def test_schema_patterns_use_ecma_end_anchor(value):
     """Python's `$` matches before a final newline; JSON Schema's (ECMA-262) does not."""
     doc = load.load_bytes(f'network:\n  podCIDR: 10.244.0.0/16\n  bridge: "{value.encode("unicode_escape").decode()}"\nnodes:\n  - name: a\n    address: 1.2.3.4\n'.encode(), "t.yaml")
     assert [d.message for d in schema.check(doc)] == [f'network.bridge: invalid value {json.dumps(value)}: expected an interface name (1-15 of A-Z a-z 0-9 . _ -)']
+
+
+def test_schema_with_references_inlined_validates_alike():
+    """schema.validator() runs on the schema with its "$ref"s inlined (faster); it has
+    none left and gives the errors of the schema as written, on good and bad input."""
+    from jsonschema import Draft202012Validator
+
+    raw = schema.schema()
+    inlined = schema.inlined(raw)
+    assert "$ref" not in json.dumps(inlined["properties"])
+    plain = Draft202012Validator(raw)
+    fast = Draft202012Validator(inlined)
+    good = {"network": {"podCIDR": "10.244.0.0/16", "bridge": "cni0"}, "nodes": [{"name": "a", "address": ["192.168.1.2", "fd00::2"]}]}
+    bad = {"network": {"podCIDR": 5, "bridge": "x" * 20, "router": []}, "nodes": [{"name": "A_", "address": {"x": 1}, "podCIDR": ["1", "2", "3"]}, 7]}
+    for doc in (good, bad):
+        def key(e):
+            return (tuple(e.absolute_path), e.validator, json.dumps(schema.inlined(e.validator_value, raw), sort_keys=True), e.message)
+
+        def flat(errors):
+            out = []
+            for e in errors:
+                out.append(key(e))
+                out += [key(c) for c in e.context or ()]
+            return sorted(out, key=repr)
+
+        assert flat(fast.iter_errors(doc)) == flat(plain.iter_errors(doc))
+    assert list(fast.iter_errors(bad))
+    # a reference beside a keyword that validates keeps both (as an allOf)
+    s = {"$defs": {"n": {"type": "integer"}}, "properties": {"x": {"$ref": "#/$defs/n", "minimum": 3, "description": "d"}}}
+    assert schema.inlined(s)["properties"]["x"] == {"minimum": 3, "description": "d", "allOf": [{"type": "integer"}]}
+
+
+def test_manifest_text_is_json_dumps_indented():
+    from compiler.write import manifest_text
+
+    m = {"podnet": "0.1.0", "topology": {"file": 'a "artifacts": {} \u00e9', "sha256": "0" * 64},
+         "artifacts": {f"nodes/n\u00f6de{i}\"\\/{j}": {"mode": "0755", "sha256": f"{i:064x}", "size": i * j} for i in range(30) for j in range(3)}}
+    assert manifest_text(m) == json.dumps(m, sort_keys=True, indent=2) + "\n"
+    for artifacts in ({}, {"x": {"mode": "0644", "sha256": "1" * 64, "size": 1, "extra": True}}):
+        m["artifacts"] = artifacts
+        assert manifest_text(m) == json.dumps(m, sort_keys=True, indent=2) + "\n"

@@ -1,0 +1,257 @@
+"""Re-compiling: the local index (OUT/.podnet-index) lets a compile skip rendering
+files whose inputs did not change and which nobody touched; anything else is
+rendered and compared as without it. Also: identical files are rendered once."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from compiler import artifacts, render
+from compiler.artifacts import compile_into
+from compiler.plan import Artifact, plan
+from compiler.topology import load_topology
+from compiler.write import INDEX
+from helpers import REPO, podnet, write_topology
+from test_compile import THREE_NODES, tree
+
+EXAMPLE = REPO / "examples/cluster.yaml"
+
+
+def compile_counting(monkeypatch, topology: Path, out: Path, check: bool = False):
+    """compile_into in this process; returns (changes, the paths rendered)."""
+    rendered = []
+
+    def counting(artifact):
+        rendered.append(artifact.path)
+        return render.render(artifact)
+
+    monkeypatch.setattr(artifacts, "render", counting)
+    changes = compile_into(str(out), load_topology(str(topology)), topology.read_bytes(), check=check)
+    return changes, rendered
+
+
+def settle(out: Path) -> None:
+    """Dates the index a moment after the files it describes, as it is on a tree of
+    any size: on a tiny one it is written in the same clock tick as the files, and
+    such entries are in doubt (rendered again) so that an edit in that tick is seen."""
+    time.sleep(0.05)
+    os.utime(out / INDEX)
+
+
+def test_recompile_renders_nothing_and_writes_nothing(monkeypatch, tmp_path):
+    out = tmp_path / "o"
+    changes, rendered = compile_counting(monkeypatch, EXAMPLE, out)
+    assert changes and rendered
+    settle(out)
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in out.rglob("*") if p.is_file()}
+    changes, rendered = compile_counting(monkeypatch, EXAMPLE, out)
+    assert changes == [] and rendered == []
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_ino) for p in before} == before
+    # the manifest written from the index is the one a full compile writes
+    fresh = tmp_path / "fresh"
+    compile_counting(monkeypatch, EXAMPLE, fresh)
+    assert tree(out) == tree(fresh)
+
+
+@pytest.mark.parametrize("index_dated_after_edits", [False, True])
+def test_touched_files_are_rendered_and_restored(monkeypatch, tmp_path, index_dated_after_edits):
+    """Edits after the index was written are in doubt by their ctime alone; with the
+    index dated after them (touched, or edits while a compile ran) the ctime,
+    inode, size, mtime and mode recorded per file still tell."""
+    out, fresh = tmp_path / "o", tmp_path / "fresh"
+    compile_counting(monkeypatch, EXAMPLE, fresh)
+    compile_counting(monkeypatch, EXAMPLE, out)
+    settle(out)
+    node = out / "nodes/node1"
+    # edited in place, same size, mtime put back: only ctime tells
+    script = node / "net-setup.sh"
+    st = script.stat()
+    data = script.read_bytes()
+    script.write_bytes(data.replace(b"set -eu", b"set -xu", 1))
+    os.utime(script, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert script.stat().st_size == st.st_size and script.read_bytes() != data
+    (node / "routes.sh").write_bytes(b"")  # truncated
+    other = node / "other"  # replaced by another file of the same size and mtime
+    conf = node / "10-podnet.conflist"
+    other.write_bytes(b"x" * conf.stat().st_size)
+    os.utime(other, ns=(conf.stat().st_atime_ns, conf.stat().st_mtime_ns))
+    os.replace(other, conf)
+    (node / "podnet-ipam.py").chmod(0o644)  # mode changed
+    (out / "README.md").unlink()  # gone
+    if index_dated_after_edits:
+        settle(out)
+    # --check compares contents, whatever the index says
+    r = podnet("compile", str(EXAMPLE), "-o", str(out), "--check")
+    assert r.returncode == 1
+    for path, kind in (("nodes/node1/net-setup.sh", "changed"), ("nodes/node1/routes.sh", "changed"),
+                       ("nodes/node1/10-podnet.conflist", "changed"), ("nodes/node1/podnet-ipam.py", "mode"), ("README.md", "new")):
+        assert f"{out}/{path}: {kind}" in r.stderr
+    assert "-set -xu" in r.stdout
+    changes, rendered = compile_counting(monkeypatch, EXAMPLE, out)
+    assert sorted(c.path for c in changes) == ["README.md", "nodes/node1/10-podnet.conflist", "nodes/node1/net-setup.sh", "nodes/node1/podnet-ipam.py", "nodes/node1/routes.sh"]
+    assert set(rendered) == {c.path for c in changes}  # the others were trusted
+    assert tree(out) == tree(fresh)
+
+
+def test_view_change_rerenders(monkeypatch, tmp_path):
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, topo, out)
+    settle(out)
+    write_topology(tmp_path, THREE_NODES.replace("podCIDR: 10.244.0.0/16\n", "podCIDR: 10.244.0.0/16\n  mtu: 9000\n"))
+    changes, rendered = compile_counting(monkeypatch, topo, out)
+    for node in ("node1", "node2", "node3"):
+        assert f"nodes/{node}/net-setup.sh" in rendered and f"nodes/{node}/net-setup.sh" in {c.path for c in changes}
+    # only one node's data changed: the other nodes' files are not even rendered
+    settle(out)
+    write_topology(tmp_path, THREE_NODES.replace("podCIDR: 10.244.0.0/16\n", "podCIDR: 10.244.0.0/16\n  mtu: 9000\n").replace("192.168.1.4", "192.168.1.40"))
+    changes, rendered = compile_counting(monkeypatch, topo, out)
+    assert not any(p.startswith(("nodes/node1/", "nodes/node2/")) for p in rendered), rendered
+    assert "routes.table" in rendered
+    fresh = tmp_path / "fresh"
+    compile_counting(monkeypatch, topo, fresh)
+    assert tree(out) == tree(fresh)
+
+
+def test_template_change_rerenders(monkeypatch, tmp_path):
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    settle(out)
+    real = render.template_inputs
+
+    def changed(name):
+        digest, names = real(name)
+        return (digest + b"!" if name == "routes.sh.j2" else digest), names
+
+    monkeypatch.setattr(render, "template_inputs", changed)
+    _, rendered = compile_counting(monkeypatch, EXAMPLE, out)
+    assert sorted(rendered) == [f"nodes/node{i}/routes.sh" for i in (1, 2, 3)]
+
+
+def test_files_changed_in_the_tick_the_index_was_written_are_in_doubt(monkeypatch, tmp_path):
+    out = tmp_path / "o"
+    _, first = compile_counting(monkeypatch, EXAMPLE, out)
+    settle(out)
+    oldest = min(p.stat().st_ctime_ns for p in out.rglob("*") if p.is_file() and p.name != INDEX)
+    os.utime(out / INDEX, ns=(oldest, oldest))
+    changes, rendered = compile_counting(monkeypatch, EXAMPLE, out)
+    assert changes == [] and sorted(rendered) == sorted(first)
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "wrong-format"])
+def test_missing_or_bad_index_means_a_full_compile(monkeypatch, tmp_path, damage):
+    out = tmp_path / "o"
+    _, first = compile_counting(monkeypatch, EXAMPLE, out)
+    settle(out)
+    index = out / INDEX
+    if damage == "delete":
+        index.unlink()
+    elif damage == "garbage":
+        index.write_bytes(b"\x00not json")
+    else:
+        index.write_text(json.dumps({"podnet-index": 1, "files": {"README.md": ["x", "y", 1, 2, 3, 4, 5]}}))
+    (out / "nodes/node2/routes.sh").write_text("# hand-edited\n")
+    changes, rendered = compile_counting(monkeypatch, EXAMPLE, out)
+    assert [c.path for c in changes] == ["nodes/node2/routes.sh"]
+    assert sorted(rendered) == sorted(first)
+    assert (out / INDEX).exists()
+
+
+def test_identical_files_are_rendered_once(monkeypatch, tmp_path):
+    _, rendered = compile_counting(monkeypatch, EXAMPLE, tmp_path / "o")
+    ipam = [p for p in rendered if p.endswith("podnet-ipam.py")]
+    assert ipam == ["nodes/node1/podnet-ipam.py"]  # same template, same data read: same bytes
+    assert sum(p.endswith("net-setup.sh") for p in rendered) == 3
+    files = tree(tmp_path / "o")
+    assert files["nodes/node2/podnet-ipam.py"] == files["nodes/node1/podnet-ipam.py"]
+
+
+def test_inputs_key_follows_includes_and_the_data_read(monkeypatch, tmp_path):
+    (tmp_path / "main.sh.j2").write_text('{% include "part.sh.j2" %}\n{{ a|sh }}\n')
+    (tmp_path / "part.sh.j2").write_text("# {{ b|sh }}\n")
+    (tmp_path / "dyn.sh.j2").write_text("{% include name %}\n")
+    monkeypatch.setattr(render, "TEMPLATES_DIR", tmp_path)
+    for cached in (render._env, render.template_inputs):
+        cached.cache_clear()
+    try:
+        assert render.template_inputs("main.sh.j2")[1] == {"a", "b"}
+        assert render.template_inputs("dyn.sh.j2")[1] is None  # chosen at run time: everything counts
+
+        def key(data, template="main.sh.j2"):
+            return render.inputs_key(Artifact("x", 0o755, "template", template, data), {})
+
+        base = key({"a": "1", "b": "2", "unread": "3"})
+        assert base == key({"a": "1", "b": "2", "unread": "other"})
+        assert base != key({"a": "1", "b": "other", "unread": "3"})  # read by the included template
+        assert key({"a": {"x": 1}, "b": "2"}) != key({"a": {"x": "1"}, "b": "2"})
+        assert key({"a": object(), "b": "2"}) is None  # not serialisable: no key, always rendered
+        assert key({"name": "part.sh.j2", "b": 1}, "dyn.sh.j2") != key({"name": "part.sh.j2", "b": 2}, "dyn.sh.j2")
+        (tmp_path / "part.sh.j2").write_text("# {{ b|sh }} changed\n")
+        render.template_inputs.cache_clear()
+        assert key({"a": "1", "b": "2", "unread": "3"}) != base
+    finally:
+        render._env.cache_clear()
+        render.template_inputs.cache_clear()
+
+
+def test_index_is_neither_an_artifact_nor_checked(tmp_path):
+    out = tmp_path / "o"
+    assert podnet("compile", str(EXAMPLE), "-o", str(out)).returncode == 0
+    assert INDEX not in json.loads((out / "manifest.json").read_text())["artifacts"]
+    (out / INDEX).write_text("anything")
+    r = podnet("compile", str(EXAMPLE), "-o", str(out), "--check")
+    assert r.returncode == 0, r.stderr
+    assert (out / INDEX).read_text() == "anything"  # --check writes nothing, not even the index
+
+
+# ---------------------------------------------------------------- the forked worker
+
+
+def temp_files(out: Path):
+    return sorted(str(p.relative_to(out)) for p in out.rglob(".podnet-*") if p.name != INDEX)
+
+
+def test_parallel_compile_writes_what_a_serial_one_does(monkeypatch, tmp_path):
+    topo = write_topology(tmp_path, THREE_NODES)
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 10**9)
+    compile_counting(monkeypatch, topo, tmp_path / "serial")
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 0)  # always
+    mine, theirs = artifacts._share(plan(load_topology(str(topo))))
+    assert {a.path.split("/")[1] for a in theirs} == {"node2", "node3"}  # the later half, whole directories
+    assert not {a.path for a in mine} & {a.path for a in theirs}
+    out = tmp_path / "parallel"
+    changes, rendered = compile_counting(monkeypatch, topo, out)
+    assert not any(p.startswith(("nodes/node2/", "nodes/node3/")) for p in rendered)  # the worker's (in its process)
+    assert any(p.startswith("nodes/node1/") for p in rendered)
+    assert len(changes) == len(tree(out)) == len(tree(tmp_path / "serial"))
+    assert tree(out) == tree(tmp_path / "serial") and temp_files(out) == []
+    # the worker's files are in the index: a serial re-compile renders nothing
+    settle(out)
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 10**9)
+    changes, rendered = compile_counting(monkeypatch, topo, out)
+    assert changes == [] and rendered == []
+
+
+@pytest.mark.parametrize("failing", ["nodes/node3/routes.sh", "README.md"])  # the worker's, this process's
+def test_a_failure_on_either_side_leaves_nothing_half_written(monkeypatch, tmp_path, failing):
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, topo, out)
+    before = tree(out)
+    write_topology(tmp_path, THREE_NODES.replace("podCIDR: 10.244.0.0/16\n", "podCIDR: 10.244.0.0/16\n  mtu: 9000\n"))
+    monkeypatch.setattr(artifacts, "PARALLEL_MIN", 0)  # always
+
+    def broken(artifact):
+        if artifact.path == failing:
+            raise RuntimeError("template exploded")
+        return render.render(artifact)
+
+    monkeypatch.setattr(artifacts, "render", broken)
+    expected = artifacts.WorkerFailed if failing.startswith("nodes/node3/") else RuntimeError
+    with pytest.raises(expected, match="template exploded"):
+        compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    assert tree(out) == before  # nothing renamed, the old manifest stays
+    assert temp_files(out) == []  # every staged file of both processes removed
