@@ -8,12 +8,14 @@ a node's `podCIDR` and `router` are one value or a list with one per family.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from compiler.diagnostics import Diagnostic, dotted
 from compiler.load import Document
 from compiler.model import DEFAULTS, node_prefix_length
+from compiler.plan import NHID_BASE, NHID_SPAN, subnet_index
 
 Rule = Callable[["Facts"], Iterator[Diagnostic]]
 Path = Tuple[Any, ...]
@@ -220,6 +222,45 @@ def capacity(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(("nodes",), f"nodes: {len(f.nodes)} nodes, but network.podCIDR {pool} holds only {room} /{prefix} subnet{'s' if room != 1 else ''}")
 
 
+def nexthop_ids(f: Facts) -> Iterator[Diagnostic]:
+    """routes.sh's nexthop id of a node subnet is its family's base + the subnet's index
+    in the pod range mod NHID_SPAN (plan.nexthop_id): two subnets whose indexes agree
+    there would share an id. Only a range of more than NHID_SPAN node subnets with a
+    subnet pinned at an index beyond it can do that: against another pinned subnet, or
+    against the subnet the allocator gives a node without one (the lowest free indexes,
+    in file order)."""
+    for version, pool in sorted(f.pools.items()):
+        prefix = f.prefixes[version]
+        if prefix is None or prefix - pool.prefixlen <= NHID_SPAN.bit_length() - 1:
+            continue
+        pinned: Dict[int, Tuple[int, Path, Any]] = {}  # index -> the first node pinning it
+        unpinned: List[int] = []
+        for i in range(len(f.nodes)):
+            subs = [(p, s) for p, s in f.node_values(i, "podCIDR", _network) if s.version == version]
+            if not subs:
+                unpinned.append(i)
+            elif subs[0][1].subnet_of(pool) and subs[0][1].prefixlen == prefix:
+                pinned.setdefault(subnet_index(pool, subs[0][1]), (i, subs[0][0], subs[0][1]))
+        below = sorted(pinned)
+        slots: Dict[int, Tuple[int, int]] = {}  # index mod NHID_SPAN -> (node, index) seen first
+        for index, (i, path, sub) in sorted(pinned.items(), key=lambda kv: kv[1][0]):
+            slot = index % NHID_SPAN
+            nhid = NHID_BASE[version] + slot
+            if slot in slots:
+                j, other = slots[slot]
+                yield f.doc.at(path, f"{dotted(path)}: {sub} would share routes.sh's nexthop id {nhid} with {pinned[other][2]} of node {_name(f, j)} (nodes[{j}]): "
+                               f"their indexes {index} and {other} in network.podCIDR {pool} are equal mod {NHID_SPAN}; pin another subnet")
+                continue
+            slots[slot] = (i, index)
+            # a slot below the pinned indexes' count is free: the allocator hands it out
+            free_below = slot - bisect.bisect_left(below, slot)
+            if index >= NHID_SPAN and slot not in pinned and free_below < len(unpinned):
+                j = unpinned[free_below]
+                other = pool.network_address + (slot << (pool.max_prefixlen - prefix))
+                yield f.doc.at(path, f"{dotted(path)}: {sub} would share routes.sh's nexthop id {nhid} with {other}/{prefix}, allocated to node {_name(f, j)} (nodes[{j}]): "
+                               f"their indexes {index} and {slot} in network.podCIDR {pool} are equal mod {NHID_SPAN}; pin another subnet")
+
+
 def router_mode(f: Facts) -> Iterator[Diagnostic]:
     routing = f.net.get("routing", DEFAULTS["routing"])
     if routing == "router" and "router" not in f.net:
@@ -283,6 +324,7 @@ RULES: Tuple[Rule, ...] = (
     node_address_families,
     addresses_outside_pods,
     capacity,
+    nexthop_ids,
     router_mode,
     bridge_not_underlay,
     ipam_range,

@@ -41,6 +41,36 @@ def conf_name(topo: Topology) -> str:
     return f"{CONF_PRIORITY}-{topo.network.name}.{ext}"
 
 
+# routes.sh's kernel nexthop ids (see templates/routes.sh.j2, NH_BASE4): a node subnet's
+# id is its family's base + its index among the node subnets of the family's pod range
+# (mod NHID_SPAN), so it depends on the subnet alone, never on the other lines of the
+# table. The ranges are disjoint and below 2^32; router mode's fixed routes (the pod
+# range via the router) take NHID_FIXED + the family (4 or 6), outside both.
+NHID_BASE = {4: 1_800_000_000, 6: 2_100_000_000}
+NHID_SPAN = 1 << 28
+NHID_FIXED = 2_400_000_000
+
+
+def subnet_index(pool: IPNetwork, subnet: IPNetwork) -> int:
+    """A node subnet's index inside its pod range: (subnet - range) >> host bits."""
+    return (int(subnet.network_address) - int(pool.network_address)) >> (subnet.max_prefixlen - subnet.prefixlen)
+
+
+def nexthop_id(pool: IPNetwork, subnet: IPNetwork) -> int:
+    """routes.sh's nexthop id for a node subnet (checks.nexthop_ids refuses collisions)."""
+    return NHID_BASE[subnet.version] + subnet_index(pool, subnet) % NHID_SPAN
+
+
+def route_table_ids(topo: Topology, routes: List[Tuple[str, str, str]]) -> List[Tuple[str, str, str, int]]:
+    """route_table's rows with each subnet's nexthop id: the lines of routes.table."""
+    pools = {p.family: p.cidr for p in topo.network.pools}
+    out = []
+    for node in topo.nodes:
+        for subnet in node.subnets:
+            out.append(nexthop_id(pools[subnet.version], subnet))
+    return [(*row, nhid) for row, nhid in zip(routes, out)]
+
+
 def route_table(topo: Topology) -> List[Tuple[str, str, str]]:
     """(destination subnet, next hop, node) for every node subnet, in file order."""
     rows = []
@@ -56,7 +86,7 @@ def plan(topo: Topology) -> List[Artifact]:
     common = {"source": src, "network": _network_view(topo)}
     routes = route_table(topo)
     out: List[Artifact] = [
-        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": routes}),
+        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table_ids(topo, routes)}),
         Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, routes)}),
     ]
     conf = conf_name(topo)
@@ -187,7 +217,7 @@ def node_routes_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "use_table": not router_mode,
         "table_node": node.name,
         # router mode: one route per family, the family's pod range via its router
-        "fixed": [(str(p.cidr), str(r)) for p, r in zip(net.pools, net.routers)] if router_mode else [],
+        "fixed": [(str(p.cidr), str(r), str(NHID_FIXED + p.family)) for p, r in zip(net.pools, net.routers)] if router_mode else [],
         "dev": node.interface,
         "bridge": net.bridge,
         "pod_cidrs": " ".join(str(p.cidr) for p in net.pools),

@@ -16,7 +16,7 @@
 # Needs: a POSIX sh, iproute2, awk, iptables.
 # Environment: PODNET_ROUTES_TABLE overrides where routes.table is read (default:
 # next to this script).
-# PODNET_NEXTHOPS=0 installs plain routes instead of nexthop objects (see NH_BASE).
+# PODNET_NEXTHOPS=0 installs plain routes instead of nexthop objects (see NH_BASE4).
 set -eu
 
 NAME='node2'
@@ -49,26 +49,31 @@ NL='
 #            it per route), when PODNET_NEXTHOPS=0, or when this kernel or iproute2 has
 #            no nexthop objects (Linux < 5.3; read_kernel says so on stderr).
 # Nexthop ids are one namespace per network namespace, shared with other routing
-# software (FRR, ...). podnet's are NH_BASE + the line's number in routes.table (its
-# data lines, counted from 1, the node's own lines included; in router mode the pair's
-# number in FIXED_ROUTES): deterministic, the same on every node, and far from the
-# small ids of software that numbers from 1. They carry protocol NH_PROTO, which no
-# name in iproute2's rt_protos uses, and that is how podnet knows its own: `up`
-# refuses to replace a nexthop with one of its ids that is not NH_PROTO (naming the
-# id), `down` and `check` look only at NH_PROTO nexthops. Ids follow the table's
-# lines, so a node removed from the middle of the table shifts the later ids by one:
-# `up` repoints them (nexthop replace, then route replace, in one batch), and the
-# removed node's route, an extra route left for a person as always, then follows its
-# old id's new next hop.
-NH_BASE=1800000000
+# software (FRR, ...). podnet's are compiled (routes.table's NHID column; in router
+# mode FIXED_ROUTES): NH_BASE4 or NH_BASE6 + the subnet's index in its family's pod
+# range (below NH_SPAN), so an id depends on its subnet alone: the same on every node,
+# unchanged when other nodes come or go, and far from the small ids of software that
+# numbers from 1. Router mode's fixed routes take NH_FIXED + 4 or 6. They carry
+# protocol NH_PROTO, and that is how podnet knows its own: `up` refuses to replace a
+# nexthop with one of its ids that is not NH_PROTO (naming the id), `down` and `check`
+# look only at NH_PROTO nexthops. The kernel is read with `ip -N` (numbers, not
+# rt_protos names), so a name given to NH_PROTO cannot hide podnet's nexthops.
+# `up` also removes podnet's own leftovers: first every route inside the pod ranges
+# that uses an NH_PROTO nexthop and is not intended (a removed node's), before any
+# nexthop is replaced, and last the NH_PROTO nexthops no intended route uses.
+NH_BASE4=1800000000
+NH_BASE6=2100000000
+NH_SPAN=268435456
+NH_FIXED=2400000000
 NH_PROTO=244
 FORM=''
 
 # ROUTES_AWK: the whole comparison, in one awk process. Reads the intended routes
-# from routes.table (the first operand: "DESTINATION NEXTHOP NODE" lines; those of
-# node `node` are its own, none when empty), then the kernel's state on stdin.
-# The kernel's state is `ip nexthop show` lines ("id ID ...", form nexthop only) and
-# `ip route show table all` lines (other tables than main are skipped).
+# from routes.table (the first operand: "DESTINATION NEXTHOP NODE NHID" lines; those
+# of node `node` are its own, none when empty), then the kernel's state on stdin.
+# The kernel's state is `ip -N nexthop show` lines ("id ID ...", form nexthop only)
+# and `ip -N route show table all` lines (other tables than main are skipped; -N
+# prints route types, scopes and protocols as numbers).
 # form plain: a route matches when its destination, next hop and (if `dev` is set)
 #   device are the intended ones.
 # form nexthop: a route matches when it uses the intended nexthop id (`nhid`), and
@@ -77,17 +82,21 @@ FORM=''
 # A connected route of one of the node's own subnets (`own`) on the bridge is the
 # plugin's, not drift. Prints, by `mode`:
 #   list   "DESTINATION NEXTHOP" for every intended route (reads no kernel state);
-#   up     the number of missing or wrong routes, then the `ip -batch` lines fixing them
-#          (nexthops first, then the routes using them);
+#   up     the number of missing or wrong routes and of stale routes removed, then the
+#          `ip -batch` lines: stale routes (not intended, using an NH_PROTO nexthop)
+#          deleted; an intended route using another intended route's id set to its
+#          plain form (so it never follows that id's new next hop); nexthops replaced;
+#          routes using them replaced; NH_PROTO nexthops no intended route uses deleted;
 #   down   the number of intended routes in place, then `ip -batch` lines removing each
 #          (and, form nexthop, podnet's nexthops of the intended ids after them);
 #   check  the number of intended routes and of drifts, then one line per drift:
 #          "missing|wrong route: ...", "foreign nexthop: ...", in the intended order,
 #          then "extra route: ..." and "extra nexthop: ..." (NH_PROTO's, unused ids).
-# Nothing goes to stdout before the input is read and found valid: a malformed table,
-# or one that does not list `node` with exactly `own` (a table from another compile
-# than this script), is refused with exit 1; `up` refuses (exit 1) when a nexthop
-# with one of podnet's ids is not podnet's.
+# Nothing goes to stdout before the input is read and found valid: a malformed table
+# (a line not DESTINATION NEXTHOP NODE NHID, an NHID outside its family's range or
+# listed twice), or one that does not list `node` with exactly `own` (a table from
+# another compile than this script), is refused with exit 1; `up` refuses (exit 1)
+# when a nexthop with one of podnet's ids is not podnet's.
 # shellcheck disable=SC2016 # an awk program: its $fields are awk's, not the shell's
 ROUTES_AWK='
 function norm(p) { return index(p, "/") ? p : p (index(p, ":") ? "/128" : "/32") }
@@ -95,27 +104,27 @@ function want_text(d) { return d " via " want[d] (dev != "" ? " dev " dev : "") 
 function nh_text(k) { return "id " k (nhvia[k] != "" ? " via " nhvia[k] : "") (nhdev[k] != "" ? " dev " nhdev[k] : "") (nhodd[k] ? " (" nhodd[k] ")" : "") (nhproto[k] != "" ? " proto " nhproto[k] : "") }
 function say(line) { said[++says] = line }
 function route_text() { return (type != "" ? type " " : "") d (nhid != "" ? " nhid " nhid : "") (via != "" ? " via " via : "") (odev != "" ? " dev " odev : "") }
-function add(d, gw, n) { want[d] = gw; order[++wanted] = d; id[d] = sprintf("%d", nhbase + n); ours[id[d]] = d }
+function add(d, gw, n) { want[d] = gw; order[++wanted] = d; id[d] = n; ours[n] = d }
+function refuse(why) { printf "%s:%d: %s: %s\n", FILENAME, FNR, why, $0 > "/dev/stderr"; bad = 1; exit 1 }
 BEGIN {
 	n = split(own, o, " "); for (i = 1; i <= n; i++) ownset[o[i]] = 1
-	n = split(fixed, f, " "); for (i = 1; i < n; i += 2) add(f[i], f[i + 1], (i + 1) / 2)
+	n = split(fixed, f, " "); for (i = 1; i < n; i += 3) add(f[i], f[i + 1], f[i + 2])
 	table = fixed == "" ? ARGV[1] : ""
+	# route types as `ip -N` numbers them (rtnetlink RTN_*)
+	n = split("unicast local broadcast anycast multicast blackhole unreachable prohibit throw nat", t, " ")
+	for (i = 1; i <= n; i++) rtn[i] = t[i]
 }
 /^[ \t]*(#|$)/ { next }
 table != "" && FILENAME == table {
-	if (NF != 3 || $1 !~ /^[0-9a-fA-F:.]+\/[0-9]+$/ || $2 !~ /^[0-9a-fA-F:.]+$/ || $3 !~ /^[a-z0-9][-a-z0-9]*$/) {
-		printf "%s:%d: not DESTINATION NEXTHOP NODE: %s\n", FILENAME, FNR, $0 > "/dev/stderr"
-		bad = 1
-		exit 1
-	}
-	if (($1 in want) || ($1 in mineset)) {
-		printf "%s:%d: %s is listed twice\n", FILENAME, FNR, $1 > "/dev/stderr"
-		bad = 1
-		exit 1
-	}
-	lines++
+	if (NF != 4 || $1 !~ /^[0-9a-fA-F:.]+\/[0-9]+$/ || $2 !~ /^[0-9a-fA-F:.]+$/ || $3 !~ /^[a-z0-9][-a-z0-9]*$/ || $4 !~ /^[1-9][0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?$/)
+		refuse("not DESTINATION NEXTHOP NODE NHID")
+	base = index($1, ":") ? nhbase6 : nhbase4
+	if ($4 + 0 < base + 0 || $4 + 0 >= base + nhspan) refuse("nexthop id " $4 " is outside podnet'"'"'s range for " (base == nhbase6 ? "IPv6" : "IPv4") " (" base " + 0.." nhspan - 1 ")")
+	if (($1 in want) || ($1 in mineset)) refuse($1 " is listed twice")
+	if ($4 in idline) refuse("nexthop id " $4 " is also line " idline[$4] "'"'"'s")
+	idline[$4] = FNR
 	if (node != "" && $3 == node) { mine = mine (mine == "" ? "" : " ") $1; mineset[$1] = 1 }
-	else add($1, $2, lines)
+	else add($1, $2, $4)
 	next
 }
 $1 == "nexthop" { next }
@@ -137,7 +146,8 @@ $1 == "id" {
 }
 {
 	i = 1; type = ""
-	if ($1 ~ /^(unicast|local|broadcast|multicast|blackhole|unreachable|prohibit|throw|nat|anycast)$/) { type = $1; i = 2 }
+	if ($1 ~ /^[0-9]+$/) { type = ($1 in rtn) ? rtn[$1] : "type " $1; i = 2 }
+	else if ($1 ~ /^(unicast|local|broadcast|multicast|blackhole|unreachable|prohibit|throw|nat|anycast)$/) { type = $1; i = 2 }
 	d = norm($i); via = ""; odev = ""; nhid = ""
 	for (j = i + 1; j < NF; j++) {
 		if ($j == "via") via = $(j + 1)
@@ -151,13 +161,13 @@ $1 == "id" {
 	if ((d in want) && !(d in ok)) {
 		if (type == "" && (form == "nexthop" ? nhid == id[d] : via == want[d] && (dev == "" || odev == dev))) { ok[d] = 1; oknh[d] = nhid; next }
 		if (!(d in have)) {
-			have[d] = route_text()
+			have[d] = route_text(); havenh[d] = type == "" ? nhid : ""
 			# the plain form in place (installed before nexthops were used): down removes it too
 			if (type == "" && nhid == "" && via == want[d] && (dev == "" || odev == dev)) plain[d] = 1
 			next
 		}
 	}
-	extra[++extras] = route_text()
+	extra[++extras] = route_text(); extrad[extras] = d; extranh[extras] = type == "" ? nhid : ""
 }
 END {
 	if (bad) exit 1
@@ -181,7 +191,7 @@ END {
 			}
 		}
 		if (d in ok) {
-			if (d in have) extra[++extras] = have[d]
+			if (d in have) { extra[++extras] = have[d]; extrad[extras] = d; extranh[extras] = havenh[d] }
 			if (st[d] == "good") placed++
 			else if (st[d] == "bad") say("wrong route: " want_text(d) " (kernel has: " d " nhid " n " via " nhvia[n] " dev " nhdev[n] (nhodd[n] != "" ? " " nhodd[n] : "") ")")
 		}
@@ -196,13 +206,20 @@ END {
 		print wanted + 0, says + 0
 		for (k = 1; k <= says; k++) print said[k]
 	} else if (mode == "up") {
-		print wanted - placed
+		# stale: a route podnet installed (its nexthop is NH_PROTO'"'"'s) that is not intended
+		if (form == "nexthop") for (k = 1; k <= extras; k++) if (extranh[k] != "" && nhproto[extranh[k]] == nhproto_want) stale[++stales] = "route del " extrad[k] " nhid " extranh[k]
+		print wanted - placed, stales + 0
+		for (k = 1; k <= stales; k++) print stale[k]
 		for (k = 1; k <= wanted; k++) {
 			d = order[k]
 			if (form != "nexthop") { if (!(d in ok)) print "route replace", want_text(d), "proto static"; continue }
-			if (st[d] != "good") print "nexthop replace id", id[d], "via", want[d], "dev", dev, "proto", nhproto_want
+			# in place via another intended route'"'"'s id: plain first, before that id is repointed
+			if (!(d in ok) && havenh[d] != "" && (havenh[d] in ours)) print "route replace", want_text(d), "proto static"
 		}
-		if (form == "nexthop") for (k = 1; k <= wanted; k++) if (!(order[k] in ok)) print "route replace", order[k], "nhid", id[order[k]], "proto static"
+		if (form != "nexthop") exit
+		for (k = 1; k <= wanted; k++) if (st[order[k]] != "good") print "nexthop replace id", id[order[k]], "via", want[order[k]], "dev", dev, "proto", nhproto_want
+		for (k = 1; k <= wanted; k++) if (!(order[k] in ok)) print "route replace", order[k], "nhid", id[order[k]], "proto static"
+		for (k = 1; k <= nhs; k++) if (nhproto[nhorder[k]] == nhproto_want && !(nhorder[k] in ours)) print "nexthop del id", nhorder[k]
 	} else {
 		# down: only what podnet installed; a route using a foreign nexthop is left alone
 		for (k = 1; k <= wanted; k++) {
@@ -256,12 +273,13 @@ wanted_routes() {
 # routes.table and the kernel's state on stdin.
 routes_awk() {
 	[ -r "$ROUTES_TABLE" ] || die "cannot read $ROUTES_TABLE; install routes.table next to routes.sh or set PODNET_ROUTES_TABLE"
-	awk -v mode="$1" -v form="${FORM:-plain}" -v nhbase="$NH_BASE" -v nhproto_want="$NH_PROTO" -v node='node2' -v own="$OWN_SUBNETS" -v dev="$DEV" -v bridge="$BRIDGE" -v fixed='' "$ROUTES_AWK" "$ROUTES_TABLE" -
+	awk -v mode="$1" -v form="${FORM:-plain}" -v nhbase4="$NH_BASE4" -v nhbase6="$NH_BASE6" -v nhspan="$NH_SPAN" -v nhproto_want="$NH_PROTO" -v node='node2' -v own="$OWN_SUBNETS" -v dev="$DEV" -v bridge="$BRIDGE" -v fixed='' "$ROUTES_AWK" "$ROUTES_TABLE" -
 }
 
 # read_kernel: sets KERNEL to the kernel's nexthops and its routes inside the pod
 # ranges (`table all`: one `route show` lists either family; ROUTES_AWK keeps the main
-# table's), all read by one `ip -batch`, and FORM (see NH_BASE) to how routes are
+# table's), all read by one `ip -N -batch` (numeric: protocols as numbers, whatever
+# rt_protos names them), and FORM (see NH_BASE4) to how routes are
 # installed. Nexthop objects are probed by reading them: when that read fails, `ip
 # nexthop show` alone tells a kernel or iproute2 without them (plain routes, said on
 # stderr) from a passing failure (read again, errors shown). No read runs in a pipe,
@@ -272,13 +290,13 @@ read_kernel() {
 	FORM=plain
 	if [ -n "$DEV" ] && [ "${PODNET_NEXTHOPS:-1}" != 0 ]; then
 		FORM=nexthop
-		KERNEL=$("$IP" -batch - 2>/dev/null <<EOF
+		KERNEL=$("$IP" -N -batch - 2>/dev/null <<EOF
 nexthop show
 $reads
 EOF
 ) && return 0
-		if nh_error=$("$IP" nexthop show 2>&1 >/dev/null); then
-			KERNEL=$("$IP" -batch - <<EOF
+		if nh_error=$("$IP" -N nexthop show 2>&1 >/dev/null); then
+			KERNEL=$("$IP" -N -batch - <<EOF
 nexthop show
 $reads
 EOF
@@ -288,7 +306,7 @@ EOF
 		FORM=plain
 		echo "routes.sh ($NAME): no nexthop objects here (ip nexthop show: $nh_error); installing plain routes" >&2
 	fi
-	KERNEL=$("$IP" -batch - <<EOF
+	KERNEL=$("$IP" -N -batch - <<EOF
 $reads
 EOF
 )
@@ -334,13 +352,15 @@ masq_rule() {
 	iptables -w -t nat "$1" POSTROUTING '-s' '10.244.2.0/24' '!' '-d' '10.244.0.0/16' '-m' 'comment' '--comment' 'podnet:podnet' '-j' 'MASQUERADE'
 }
 
-# cmd_up: installs the missing and wrong routes, forwarding and the masquerade rule.
+# cmd_up: removes podnet's stale routes, installs the missing and wrong routes, forwarding and the masquerade rule.
 cmd_up() {
 	plan up
 	setup_forwarding
 	apply_batch install
 	masq_rule -C >/dev/null 2>&1 || masq_rule -A
-	echo "routes.sh up ($NAME): $COUNT route(s) installed or fixed"
+	stale=''
+	[ "${COUNT#* }" = 0 ] || stale=", ${COUNT#* } stale route(s) of podnet's removed"
+	echo "routes.sh up ($NAME): ${COUNT% *} route(s) installed or fixed$stale"
 }
 
 # cmd_down: removes the intended routes that are in place and the masquerade rule.
