@@ -53,7 +53,7 @@ NL='
 # mode FIXED_ROUTES): NH_BASE4 or NH_BASE6 + the subnet's index in its family's pod
 # range (below NH_SPAN), so an id depends on its subnet alone: the same on every node,
 # unchanged when other nodes come or go, and far from the small ids of software that
-# numbers from 1. Router mode's fixed routes take NH_FIXED + 4 or 6. They carry
+# numbers from 1. Router mode's fixed routes take 2400000000 + 4 or 6. They carry
 # protocol NH_PROTO, and that is how podnet knows its own: `up` refuses to replace a
 # nexthop with one of its ids that is not NH_PROTO (naming the id), `down` and `check`
 # look only at NH_PROTO nexthops. The kernel is read with `ip -N` (numbers, not
@@ -64,7 +64,6 @@ NL='
 NH_BASE4=1800000000
 NH_BASE6=2100000000
 NH_SPAN=268435456
-NH_FIXED=2400000000
 NH_PROTO=244
 FORM=''
 
