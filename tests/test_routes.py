@@ -97,8 +97,11 @@ def pod_routes(ns: str) -> set:
     return {" ".join(line.split()) for line in out.splitlines()}
 
 
-# podnet's nexthop ids: NH + the line's number in routes.table (router mode: the pair's number)
+# podnet's nexthop ids: NH + the IPv4 subnet's index in podCIDR, NH6 + the IPv6 one's;
+# router mode's fixed routes NHR + 4 or 6
 NH = 1800000000
+NH6 = 2100000000
+NHR = 2400000000
 
 
 def nexthops(ns: str) -> set:
@@ -119,7 +122,8 @@ def masq_rules(ns: str) -> list:
 def test_table_is_emitted_once_and_lists_every_node(tmp_path):
     out = compile_to(tmp_path, STATIC.format(masq="true"))
     rows = [line.split() for line in (out / "routes.table").read_text().splitlines() if line and not line.startswith("#")]
-    assert rows == [["10.244.1.0/24", "192.168.1.2", "node1"], ["10.244.2.0/24", "192.168.1.3", "node2"], ["10.244.3.0/24", "192.168.1.4", "node3"]]
+    # the 4th column: the nexthop id, 1800000000 + the subnet's index in podCIDR
+    assert rows == [["10.244.1.0/24", "192.168.1.2", "node1", "1800000001"], ["10.244.2.0/24", "192.168.1.3", "node2", "1800000002"], ["10.244.3.0/24", "192.168.1.4", "node3", "1800000003"]]
     # no node's script carries another node's subnet or address: they read the table
     for node, others in {"node1": ("10.244.2.", "10.244.3.", "192.168.1.3"), "node2": ("10.244.1.", "10.244.3.", "192.168.1.4")}.items():
         text = (out / "nodes" / node / "routes.sh").read_text()
@@ -131,7 +135,7 @@ def test_router_mode_emits_router_script(tmp_path):
     out = compile_to(tmp_path, ROUTER)
     router = (out / "router" / "routes.sh").read_text()
     node = (out / "nodes" / "node2" / "routes.sh").read_text()
-    assert "FIXED_ROUTES='10.244.0.0/16 192.168.1.1'" in node  # the node's one route
+    assert "FIXED_ROUTES='10.244.0.0/16 192.168.1.1 2400000004'" in node  # the node's one route, its nexthop id
     assert "routes.table" in router and "iptables" not in router
     assert (out / "router" / "routes.sh").stat().st_mode & 0o777 == 0o755
     manifest = (out / "manifest.json").read_text()
@@ -301,7 +305,7 @@ def test_router_mode_node_and_router(tmp_path, netns, shell):
     router_ns = underlay_ns(netns, "192.168.1.1")
 
     assert run(node_ns, shell, node, "up").returncode == 0
-    assert pod_routes(node_ns) == {f"10.244.0.0/16 nhid {NH + 1} via 192.168.1.1 dev eth0 proto static"}
+    assert pod_routes(node_ns) == {f"10.244.0.0/16 nhid {NHR + 4} via 192.168.1.1 dev eth0 proto static"}
     assert run(node_ns, shell, node, "check").returncode == 0
 
     # the router's script has no device (DEV=''; the kernel picks it per next hop): plain routes
@@ -334,12 +338,12 @@ def test_refuses_a_table_from_another_compile(tmp_path, netns):
     assert 'lists node node1 with subnets "10.244.9.0/24", this script expects "10.244.1.0/24"' in res.stderr
     assert pod_routes(ns) == set()
 
-    (script.parent / "routes.table").write_text("10.244.2.0/24 192.168.1.3 node2\n10.244.3.0/24 192.168.1.4; reboot\n")
+    (script.parent / "routes.table").write_text("10.244.2.0/24 192.168.1.3 node2 1800000002\n10.244.3.0/24 192.168.1.4; reboot\n")
     res = run(ns, ["dash"], script, "check")
-    assert res.returncode == 1 and "routes.table:2: not DESTINATION NEXTHOP NODE" in res.stderr
+    assert res.returncode == 1 and "routes.table:2: not DESTINATION NEXTHOP NODE NHID" in res.stderr
 
     # a destination listed twice (two next hops for one subnet) is refused, before anything is done
-    (script.parent / "routes.table").write_text("10.244.1.0/24 192.168.1.2 node1\n10.244.2.0/24 192.168.1.3 node2\n10.244.2.0/24 192.168.1.4 node3\n")
+    (script.parent / "routes.table").write_text("10.244.1.0/24 192.168.1.2 node1 1800000001\n10.244.2.0/24 192.168.1.3 node2 1800000002\n10.244.2.0/24 192.168.1.4 node3 1800000003\n")
     res = run(ns, ["dash"], script, "up")
     assert res.returncode == 1 and "routes.table:3: 10.244.2.0/24 is listed twice" in res.stderr
     assert pod_routes(ns) == set()
@@ -350,6 +354,38 @@ def test_refuses_a_table_from_another_compile(tmp_path, netns):
     assert res.returncode == 1 and "cannot read" in res.stderr
     res = run(ns, ["dash"], script, "check", env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_ROUTES_TABLE": str(out / "routes.table")})
     assert "missing route: 10.244.2.0/24" in res.stdout
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_table_nexthop_ids_validated(tmp_path, netns, shell):
+    """routes.table's NHID column: 4 columns (the 3-column table of an older compile is
+    refused), digits only, in podnet's range for the destination's family, unique."""
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc")
+    table = script.parent / "routes.table"
+    ns = underlay_ns(netns, "192.168.1.2")
+    own = "10.244.1.0/24 192.168.1.2 node1 1800000001\n"
+    bad = {
+        "10.244.2.0/24 192.168.1.3 node2\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID: 10.244.2.0/24 192.168.1.3 node2",
+        "10.244.2.0/24 192.168.1.3 node2 18000x0002\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID",
+        "10.244.2.0/24 192.168.1.3 node2 -1800000002\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID",
+        "10.244.2.0/24 192.168.1.3 node2 01800000002\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID",
+        "10.244.2.0/24 192.168.1.3 node2 2\n": "routes.table:2: nexthop id 2 is outside podnet's range for IPv4 (1800000000 + 0..268435455)",
+        "10.244.2.0/24 192.168.1.3 node2 2100000002\n": "routes.table:2: nexthop id 2100000002 is outside podnet's range for IPv4",
+        "fd00::/64 fd00::3 node2 1800000002\n": "routes.table:2: nexthop id 1800000002 is outside podnet's range for IPv6 (2100000000 + 0..268435455)",
+        "10.244.2.0/24 192.168.1.3 node2 1800000001\n": "routes.table:2: nexthop id 1800000001 is also line 1's",
+    }
+    for line, message in bad.items():
+        table.write_text(own + line)
+        for action in ("up", "check", "down"):
+            res = run(ns, shell, script, action)
+            assert res.returncode == 1 and message in res.stderr, (line, action, res.stderr)
+        assert pod_routes(ns) == set() and nexthops(ns) == set()
+    table.write_text(own + "10.244.2.0/24 192.168.1.3 node2 1800000002\n")
+    assert run(ns, shell, script, "up").returncode == 0
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static"}
 
 
 @needs_net
@@ -504,9 +540,9 @@ def test_dual_stack_table_and_scripts(tmp_path):
     out = compile_to(tmp_path, DUAL.format(masq="true"))
     rows = [line.split() for line in (out / "routes.table").read_text().splitlines() if line and not line.startswith("#")]
     assert rows == [
-        ["10.244.1.0/24", "192.168.1.2", "node1"], ["fd00:10:244:1::/64", "fd00::2", "node1"],
-        ["10.244.2.0/24", "192.168.1.3", "node2"], ["fd00:10:244:2::/64", "fd00::3", "node2"],
-        ["10.244.3.0/24", "192.168.1.4", "node3"], ["fd00:10:244:3::/64", "fd00::4", "node3"],
+        ["10.244.1.0/24", "192.168.1.2", "node1", "1800000001"], ["fd00:10:244:1::/64", "fd00::2", "node1", "2100000001"],
+        ["10.244.2.0/24", "192.168.1.3", "node2", "1800000002"], ["fd00:10:244:2::/64", "fd00::3", "node2", "2100000002"],
+        ["10.244.3.0/24", "192.168.1.4", "node3", "1800000003"], ["fd00:10:244:3::/64", "fd00::4", "node3", "2100000003"],
     ]
     text = (out / "nodes" / "node1" / "routes.sh").read_text()
     assert "POD_CIDRS='10.244.0.0/16 fd00:10:244::/56'" in text
@@ -546,9 +582,9 @@ def test_dual_stack_up_check_down(tmp_path, netns, shell):
     res = run(ns, shell, script, "up")
     assert res.returncode == 0, res.stderr
     assert "4 route(s) installed" in res.stdout
-    # ids follow routes.table's lines: 10.244.1, fd00:10:244:1, 10.244.2, fd00:10:244:2, ...
-    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 3} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 5} via 192.168.1.4 dev eth0 proto static"}
-    assert pod_routes6(ns) == {f"fd00:10:244:2::/64 nhid {NH + 4} via fd00::3 dev eth0 proto static", f"fd00:10:244:3::/64 nhid {NH + 6} via fd00::4 dev eth0 proto static"}
+    # ids: the family's base + the subnet's index in its pod range (10.244.2.0/24 is 2, fd00:10:244:2::/64 too)
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 3} via 192.168.1.4 dev eth0 proto static"}
+    assert pod_routes6(ns) == {f"fd00:10:244:2::/64 nhid {NH6 + 2} via fd00::3 dev eth0 proto static", f"fd00:10:244:3::/64 nhid {NH6 + 3} via fd00::4 dev eth0 proto static"}
     assert (sysctl(ns, FWD4), sysctl(ns, FWD6)) == ("1", "1")
     assert masq_rules(ns) == [MASQ]
     res = run(ns, shell, script, "check")
@@ -594,7 +630,7 @@ def test_ipv6_only_static(tmp_path, netns, shell):
     ns = underlay_ns_multi(netns, "rt-v6", "fd00::3/64")
     res = run(ns, shell, script, "up")
     assert res.returncode == 0, res.stderr
-    assert pod_routes6(ns) == {f"fd00:10:244::/64 nhid {NH + 1} via fd00::2 dev eth0 proto static", f"fd00:10:244:2::/64 nhid {NH + 3} via fd00::4 dev eth0 proto static"}
+    assert pod_routes6(ns) == {f"fd00:10:244::/64 nhid {NH6} via fd00::2 dev eth0 proto static", f"fd00:10:244:2::/64 nhid {NH6 + 2} via fd00::4 dev eth0 proto static"}
     assert sysctl(ns, FWD6) == "1" and sysctl(ns, FWD4) == "0"  # only the pods' family
     assert nat(ns) == ["-P POSTROUTING ACCEPT"]
     res = run(ns, shell, script, "check")
@@ -615,8 +651,8 @@ def test_dual_stack_router_mode(tmp_path, netns, shell):
 
     res = run(node_ns, shell, node, "up")
     assert res.returncode == 0, res.stderr
-    assert pod_routes(node_ns) == {f"10.244.0.0/16 nhid {NH + 1} via 192.168.1.1 dev eth0 proto static"}
-    assert pod_routes6(node_ns) == {f"fd00:10:244::/56 nhid {NH + 2} via fd00::1 dev eth0 proto static"}
+    assert pod_routes(node_ns) == {f"10.244.0.0/16 nhid {NHR + 4} via 192.168.1.1 dev eth0 proto static"}
+    assert pod_routes6(node_ns) == {f"fd00:10:244::/56 nhid {NHR + 6} via fd00::1 dev eth0 proto static"}
     assert run(node_ns, shell, node, "check").returncode == 0
 
     res = run(router_ns, shell, router, "up")
@@ -641,7 +677,8 @@ def test_dual_stack_router_mode(tmp_path, netns, shell):
 @pytest.mark.parametrize("shell", SHELLS)
 def test_nexthop_drift_named_and_repaired(tmp_path, netns, shell):
     """A route whose nexthop has the wrong gateway or device is wrong; up repairs the
-    nexthop alone; a podnet nexthop no intended route uses is named as extra."""
+    nexthop alone; a podnet nexthop no intended route uses is named as extra by check
+    and deleted by up."""
     out = compile_to(tmp_path, STATIC.format(masq="false"))
     script = install(out, "node1", tmp_path / "etc")
     ns = underlay_ns(netns, "192.168.1.2")
@@ -660,8 +697,10 @@ def test_nexthop_drift_named_and_repaired(tmp_path, netns, shell):
     res = run(ns, shell, script, "up")
     assert res.returncode == 0 and "2 route(s) installed or fixed" in res.stdout, res.stderr
     assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 3} via 192.168.1.4 dev eth0 proto static"}
-    assert run(ns, shell, script, "check").stdout.splitlines() == [f"extra nexthop: id {NH + 7} via 192.168.1.7 dev eth0 proto 244"]
-    # down removes the intended routes and their nexthops; the extra one is left for a person
+    assert nexthops(ns) == {f"id {NH + 2} via 192.168.1.3 dev eth0 scope link proto 244", f"id {NH + 3} via 192.168.1.4 dev eth0 scope link proto 244"}
+    assert run(ns, shell, script, "check").returncode == 0
+    # down removes the intended routes and their nexthops; an extra one is left for a person
+    sh(["ip", "-n", ns, "nexthop", "add", "id", str(NH + 7), "via", "192.168.1.7", "dev", "eth0", "proto", "244"])
     assert run(ns, shell, script, "down").returncode == 0
     assert pod_routes(ns) == set() and nexthops(ns) == {f"id {NH + 7} via 192.168.1.7 dev eth0 scope link proto 244"}
 
@@ -679,7 +718,7 @@ def test_foreign_nexthop_with_podnet_id_refused(tmp_path, netns, shell):
     res = run(ns, shell, script, "up")
     assert res.returncode == 1
     assert res.stderr.splitlines() == [
-        f"routes.sh: refusing to replace nexthop {NH + 3} (id {NH + 3} via 192.168.1.9 dev eth0 proto zebra): it is not podnet's (proto 244) "
+        f"routes.sh: refusing to replace nexthop {NH + 3} (id {NH + 3} via 192.168.1.9 dev eth0 proto 11): it is not podnet's (proto 244) "
         "and podnet needs its id for 10.244.3.0/24; give it another id, or set PODNET_NEXTHOPS=0 for plain routes"
     ]
     # nothing acted: no route, no nexthop, forwarding and masquerade untouched
@@ -687,7 +726,7 @@ def test_foreign_nexthop_with_podnet_id_refused(tmp_path, netns, shell):
     assert nexthops(ns) == {f"id {NH + 3} via 192.168.1.9 dev eth0 scope link proto zebra"}
     res = run(ns, shell, script, "check")
     assert res.returncode == 1
-    assert f"foreign nexthop: id {NH + 3} via 192.168.1.9 dev eth0 proto zebra is not podnet's (proto 244); podnet needs id {NH + 3} for 10.244.3.0/24" in res.stdout.splitlines()
+    assert f"foreign nexthop: id {NH + 3} via 192.168.1.9 dev eth0 proto 11 is not podnet's (proto 244); podnet needs id {NH + 3} for 10.244.3.0/24" in res.stdout.splitlines()
     assert run(ns, shell, script, "down").returncode == 0
     assert nexthops(ns) == {f"id {NH + 3} via 192.168.1.9 dev eth0 scope link proto zebra"}
     # the way out the message names: plain routes, which leave nexthop objects alone
@@ -736,15 +775,15 @@ def test_upgrade_from_plain_routes(tmp_path, netns, shell):
     res = run(ns, shell, script, "check")
     assert res.returncode == 1
     assert res.stdout.splitlines() == [
-        f"wrong route: 10.244.2.0/24 via 192.168.1.3 dev eth0 (kernel has: 10.244.2.0/24 via 192.168.1.3 dev eth0, not nexthop {NH + 3})",
-        f"wrong route: fd00:10:244:2::/64 via fd00::3 dev eth0 (kernel has: fd00:10:244:2::/64 via fd00::3 dev eth0, not nexthop {NH + 4})",
-        f"wrong route: 10.244.3.0/24 via 192.168.1.4 dev eth0 (kernel has: 10.244.3.0/24 via 192.168.1.4 dev eth0, not nexthop {NH + 5})",
-        f"wrong route: fd00:10:244:3::/64 via fd00::4 dev eth0 (kernel has: fd00:10:244:3::/64 via fd00::4 dev eth0, not nexthop {NH + 6})",
+        f"wrong route: 10.244.2.0/24 via 192.168.1.3 dev eth0 (kernel has: 10.244.2.0/24 via 192.168.1.3 dev eth0, not nexthop {NH + 2})",
+        f"wrong route: fd00:10:244:2::/64 via fd00::3 dev eth0 (kernel has: fd00:10:244:2::/64 via fd00::3 dev eth0, not nexthop {NH6 + 2})",
+        f"wrong route: 10.244.3.0/24 via 192.168.1.4 dev eth0 (kernel has: 10.244.3.0/24 via 192.168.1.4 dev eth0, not nexthop {NH + 3})",
+        f"wrong route: fd00:10:244:3::/64 via fd00::4 dev eth0 (kernel has: fd00:10:244:3::/64 via fd00::4 dev eth0, not nexthop {NH6 + 3})",
     ]
     res = run(ns, shell, script, "up")
     assert res.returncode == 0 and "4 route(s) installed or fixed" in res.stdout, res.stderr
-    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 3} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 5} via 192.168.1.4 dev eth0 proto static"}
-    assert pod_routes6(ns) == {f"fd00:10:244:2::/64 nhid {NH + 4} via fd00::3 dev eth0 proto static", f"fd00:10:244:3::/64 nhid {NH + 6} via fd00::4 dev eth0 proto static"}
+    assert pod_routes(ns) == {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static", f"10.244.3.0/24 nhid {NH + 3} via 192.168.1.4 dev eth0 proto static"}
+    assert pod_routes6(ns) == {f"fd00:10:244:2::/64 nhid {NH6 + 2} via fd00::3 dev eth0 proto static", f"fd00:10:244:3::/64 nhid {NH6 + 3} via fd00::4 dev eth0 proto static"}
     res = run(ns, shell, script, "check")
     assert res.returncode == 0 and res.stdout == "routes.sh check (node1): ok, 4 route(s) in place\n", res.stdout + res.stderr
     # down also removes the old form, should a node still hold it
