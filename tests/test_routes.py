@@ -851,3 +851,148 @@ def test_nexthop_compat_mode_off(tmp_path, netns):
     assert "1 route(s) installed or fixed" in run(ns, ["dash"], script, "up").stdout
     assert run(ns, ["dash"], script, "down").returncode == 0
     assert pod_routes(ns) == set() and nexthops(ns) == set()
+
+
+# ---------------------------------------------------------------- stable nexthop ids
+
+FOUR = """
+network:
+  name: podnet
+  podCIDR: 10.244.0.0/16
+  masquerade: false
+nodes:
+""" + "".join(f"""  - name: node{i}
+    address: 192.168.1.{i + 1}
+    podCIDR: 10.244.{i}.0/24
+""" for i in (1, 2, 3, 4))
+
+
+def table_ids(out: Path) -> dict:
+    rows = [line.split() for line in (out / "routes.table").read_text().splitlines() if line and not line.startswith("#")]
+    return {row[0]: row[3] for row in rows}
+
+
+def test_ids_do_not_depend_on_other_nodes(tmp_path):
+    """A node's id is its subnet's: removing a node from the middle, inserting one, or
+    appending one without a pinned subnet changes no other line's id."""
+    ids = table_ids(compile_to(tmp_path, FOUR, "four"))
+    assert ids == {f"10.244.{i}.0/24": str(NH + i) for i in (1, 2, 3, 4)}
+    removed = table_ids(compile_to(tmp_path, FOUR.replace("  - name: node2\n    address: 192.168.1.3\n    podCIDR: 10.244.2.0/24\n", ""), "removed"))
+    assert removed == {d: n for d, n in ids.items() if d != "10.244.2.0/24"}
+    inserted = FOUR.replace("  - name: node2\n", "  - name: node9\n    address: 192.168.1.10\n    podCIDR: 10.244.200.0/24\n  - name: node2\n")
+    assert table_ids(compile_to(tmp_path, inserted, "inserted")) == {**ids, "10.244.200.0/24": str(NH + 200)}
+    appended = FOUR + "  - name: node5\n    address: 192.168.1.6\n"  # allocated: the lowest free, 10.244.0.0/24
+    assert table_ids(compile_to(tmp_path, appended, "appended")) == {**ids, "10.244.0.0/24": str(NH)}
+    # IPv6 ids: their own base, the /64's index in the /56
+    dual = table_ids(compile_to(tmp_path, DUAL.format(masq="false"), "dual"))
+    assert dual["fd00:10:244:3::/64"] == str(NH6 + 3) and dual["10.244.3.0/24"] == str(NH + 3)
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_removed_middle_node(tmp_path, netns, shell):
+    """node2 leaves the middle of the table: up on node1 deletes its route and then its
+    nexthop (the stale route before any nexthop is replaced), keeps every other id as it
+    was, and check is clean; adding it back changes no existing id either."""
+    four = compile_to(tmp_path, FOUR, "four")
+    script = install(four, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    assert run(ns, shell, script, "up").returncode == 0
+    kept = {f"10.244.{i}.0/24 nhid {NH + i} via 192.168.1.{i + 1} dev eth0 proto static" for i in (3, 4)}
+    kept_nh = {f"id {NH + i} via 192.168.1.{i + 1} dev eth0 scope link proto 244" for i in (3, 4)}
+    assert pod_routes(ns) == kept | {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static"}
+
+    three = compile_to(tmp_path, FOUR.replace("  - name: node2\n    address: 192.168.1.3\n    podCIDR: 10.244.2.0/24\n", ""), "three")
+    shutil.copy2(three / "routes.table", script.parent / "routes.table")
+    res = run(ns, shell, script, "check")  # before up: the removed node's route and nexthop are extras
+    assert res.returncode == 1 and res.stdout.splitlines() == [
+        f"extra route: 10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0",
+        f"extra nexthop: id {NH + 2} via 192.168.1.3 dev eth0 proto 244",
+    ]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_SOURCE_ONLY": "1", "PODNET_ROUTES_TABLE": str(script.parent / "routes.table")}
+    plan = subprocess.run([shutil.which("ip"), "netns", "exec", ns, shutil.which(shell[0]), *shell[1:], "-c", '. "$1"; require_tools; plan up; printf "%s\\n" "$COUNT" "$LINES"', "sh", str(script)],
+                          capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert plan == ["0 1", f"route del 10.244.2.0/24 nhid {NH + 2}", f"nexthop del id {NH + 2}"]
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0 and "0 route(s) installed or fixed, 1 stale route(s) of podnet's removed" in res.stdout, res.stderr
+    assert pod_routes(ns) == kept and nexthops(ns) == kept_nh
+    res = run(ns, shell, script, "check")
+    assert res.returncode == 0 and res.stdout.splitlines() == ["routes.sh check (node1): ok, 2 route(s) in place"]
+    assert "0 route(s) installed or fixed\n" in run(ns, shell, script, "up").stdout  # nothing left to do
+
+    # node2 back (and a new node between): only their routes are added, no id moves
+    shutil.copy2(compile_to(tmp_path, FOUR.replace("  - name: node3\n", "  - name: node9\n    address: 192.168.1.10\n    podCIDR: 10.244.9.0/24\n  - name: node3\n"), "five") / "routes.table", script.parent / "routes.table")
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0 and "2 route(s) installed or fixed" in res.stdout, res.stderr
+    assert pod_routes(ns) == kept | {f"10.244.2.0/24 nhid {NH + 2} via 192.168.1.3 dev eth0 proto static", f"10.244.9.0/24 nhid {NH + 9} via 192.168.1.10 dev eth0 proto static"}
+    assert run(ns, shell, script, "check").returncode == 0
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+def test_routes_on_reused_ids_never_follow_a_repointed_id(tmp_path, netns, shell):
+    """The state routes.sh of line-numbered ids leaves behind: an intended route on
+    another intended route's id, a removed node's route on an id podnet now gives to
+    another subnet, a podnet nexthop nothing intended uses. up deletes the stale route
+    and sets the misplaced one plain before any nexthop is repointed, then converges."""
+    out = compile_to(tmp_path, FOUR)
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    for nhid, via in ((NH + 2, "192.168.1.4"), (NH + 3, "192.168.1.5"), (NH + 50, "192.168.1.3")):
+        sh(["ip", "-n", ns, "nexthop", "add", "id", str(nhid), "via", via, "dev", "eth0", "proto", "244"])
+    sh(["ip", "-n", ns, "route", "add", "10.244.3.0/24", "nhid", str(NH + 2), "proto", "static"])  # node3 on id 2
+    sh(["ip", "-n", ns, "route", "add", "10.244.7.0/24", "nhid", str(NH + 3), "proto", "static"])  # a removed node's
+    sh(["ip", "-n", ns, "route", "add", "10.244.2.0/24", "nhid", str(NH + 50), "proto", "static"])  # node2 on an old id
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PODNET_SOURCE_ONLY": "1", "PODNET_ROUTES_TABLE": str(script.parent / "routes.table")}
+    plan = subprocess.run([shutil.which("ip"), "netns", "exec", ns, shutil.which(shell[0]), *shell[1:], "-c", '. "$1"; require_tools; plan up; printf "%s\\n" "$COUNT" "$LINES"', "sh", str(script)],
+                          capture_output=True, text=True, env=env, check=True).stdout.splitlines()
+    assert plan == [
+        "3 1",
+        f"route del 10.244.7.0/24 nhid {NH + 3}",
+        "route replace 10.244.3.0/24 via 192.168.1.4 dev eth0 proto 4",
+        f"nexthop replace id {NH + 2} via 192.168.1.3 dev eth0 proto 244",
+        f"nexthop replace id {NH + 3} via 192.168.1.4 dev eth0 proto 244",
+        f"nexthop replace id {NH + 4} via 192.168.1.5 dev eth0 proto 244",
+        f"route replace 10.244.2.0/24 nhid {NH + 2} proto 4",
+        f"route replace 10.244.3.0/24 nhid {NH + 3} proto 4",
+        f"route replace 10.244.4.0/24 nhid {NH + 4} proto 4",
+        f"nexthop del id {NH + 50}",
+    ]
+    res = run(ns, shell, script, "up")
+    assert res.returncode == 0, res.stderr
+    assert pod_routes(ns) == {f"10.244.{i}.0/24 nhid {NH + i} via 192.168.1.{i + 1} dev eth0 proto static" for i in (2, 3, 4)}
+    assert nexthops(ns) == {f"id {NH + i} via 192.168.1.{i + 1} dev eth0 scope link proto 244" for i in (2, 3, 4)}
+    assert run(ns, shell, script, "check").returncode == 0
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.skipif(not have("unshare", "mount"), reason="needs unshare and mount")
+def test_protocol_named_in_rt_protos(tmp_path, netns):
+    """A name for 244 in rt_protos (here a private copy bind-mounted in a mount
+    namespace of its own, the machine's /etc untouched) does not hide podnet's
+    nexthops: routes.sh reads the kernel with `ip -N`."""
+    out = compile_to(tmp_path, FOUR)
+    script = install(out, "node1", tmp_path / "etc")
+    ns = underlay_ns(netns, "192.168.1.2")
+    protos = tmp_path / "rt_protos"
+    protos.write_text(Path("/etc/iproute2/rt_protos").read_text() + "244\tpodnet\n")
+    sh(["ip", "-n", ns, "nexthop", "add", "id", str(NH + 50), "via", "192.168.1.9", "dev", "eth0", "proto", "244"])
+
+    def named(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /etc/iproute2/rt_protos && shift && exec "$@"', "sh", str(protos), *cmd],
+                              capture_output=True, text=True, timeout=60)
+
+    assert "proto podnet" in named("ip", "-n", ns, "nexthop", "show").stdout  # the name is in effect
+    for action in ("up", "check"):
+        res = named("ip", "netns", "exec", ns, "dash", str(script), action)
+        assert res.returncode == 0, (action, res.stdout, res.stderr)
+    assert nexthops(ns) == {f"id {NH + i} via 192.168.1.{i + 1} dev eth0 scope link proto 244" for i in (2, 3, 4)}
+    sh(["ip", "-n", ns, "nexthop", "add", "id", str(NH + 50), "via", "192.168.1.9", "dev", "eth0", "proto", "244"])
+    res = named("ip", "netns", "exec", ns, "dash", str(script), "check")
+    assert res.returncode == 1 and res.stdout.splitlines() == [f"extra nexthop: id {NH + 50} via 192.168.1.9 dev eth0 proto 244"]
+    res = named("ip", "netns", "exec", ns, "dash", str(script), "down")
+    assert res.returncode == 0 and pod_routes(ns) == set()
+    assert nexthops(ns) == {f"id {NH + 50} via 192.168.1.9 dev eth0 scope link proto 244"}

@@ -39,12 +39,15 @@ NL='
 # How routes are installed (FORM, settled by read_kernel):
 #   nexthop  each route as a kernel nexthop object plus a route using it:
 #              nexthop replace id ID via NEXTHOP dev DEV proto NH_PROTO
-#              route replace DESTINATION nhid ID proto static
+#              route replace DESTINATION nhid ID proto 4
+#            (4 is `static`; batch lines spell protocols as numbers: iproute2 6.1 caches
+#            the last protocol name it parsed and, after a number, answers that number
+#            for the name: `proto static` after `proto 244` gave a route protocol 244)
 #            The kernel hashes a plain route's next hop by device, protocol and metric,
 #            not by gateway: thousands of routes via as many gateways share one hash
 #            bucket and each insert compares against all the others (quadratic: 5,000
 #            routes took 0.2 s in the kernel). A nexthop object is found by its id.
-#   plain    `route replace DESTINATION via NEXTHOP [dev DEV] proto static`, as before:
+#   plain    `route replace DESTINATION via NEXTHOP [dev DEV] proto 4`, as before:
 #            when DEV is '' (a gateway nexthop needs a device, and here the kernel picks
 #            it per route), when PODNET_NEXTHOPS=0, or when this kernel or iproute2 has
 #            no nexthop objects (Linux < 5.3; read_kernel says so on stderr).
@@ -211,13 +214,13 @@ END {
 		for (k = 1; k <= stales; k++) print stale[k]
 		for (k = 1; k <= wanted; k++) {
 			d = order[k]
-			if (form != "nexthop") { if (!(d in ok)) print "route replace", want_text(d), "proto static"; continue }
+			if (form != "nexthop") { if (!(d in ok)) print "route replace", want_text(d), "proto 4"; continue }
 			# in place via another intended route'"'"'s id: plain first, before that id is repointed
-			if (!(d in ok) && havenh[d] != "" && (havenh[d] in ours)) print "route replace", want_text(d), "proto static"
+			if (!(d in ok) && havenh[d] != "" && (havenh[d] in ours)) print "route replace", want_text(d), "proto 4"
 		}
 		if (form != "nexthop") exit
 		for (k = 1; k <= wanted; k++) if (st[order[k]] != "good") print "nexthop replace id", id[order[k]], "via", want[order[k]], "dev", dev, "proto", nhproto_want
-		for (k = 1; k <= wanted; k++) if (!(order[k] in ok)) print "route replace", order[k], "nhid", id[order[k]], "proto static"
+		for (k = 1; k <= wanted; k++) if (!(order[k] in ok)) print "route replace", order[k], "nhid", id[order[k]], "proto 4"
 		for (k = 1; k <= nhs; k++) if (nhproto[nhorder[k]] == nhproto_want && !(nhorder[k] in ours)) print "nexthop del id", nhorder[k]
 	} else {
 		# down: only what podnet installed; a route using a foreign nexthop is left alone
