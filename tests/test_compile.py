@@ -250,7 +250,7 @@ def test_dual_stack_example_compiles(tmp_path):
     assert ipam["ranges"] == [[{"gateway": "10.244.0.1", "subnet": "10.244.0.0/24"}], [{"gateway": "fd00:10:244::1", "subnet": "fd00:10:244::/64"}]]
     assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
     rows = [line.split() for line in (tmp_path / "routes.table").read_text().splitlines() if line and not line.startswith("#")]
-    assert rows[4:] == [["10.244.0.0/24", "192.168.1.4", "node3"], ["fd00:10:244::/64", "fd00:192:168:1::4", "node3"]]
+    assert rows[4:] == [["10.244.0.0/24", "192.168.1.4", "node3", "1800000000"], ["fd00:10:244::/64", "fd00:192:168:1::4", "node3", "2100000000"]]
     assert len(rows) == 6
     script = (tmp_path / "nodes/node1/net-setup.sh").read_text()
     assert "BRIDGE_ADDRS='10.244.1.1/24 fd00:10:244:1::1/64'" in script

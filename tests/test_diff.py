@@ -138,7 +138,7 @@ def test_compile_check_prints_a_unified_diff_and_writes_nothing(tmp_path: Path):
     assert '\n-      "mtu": 1500,\n+      "mtu": 9000,\n' in r.stdout
     # node3's files go: their whole content shows as removed lines
     assert "--- a/nodes/node3/routes.sh\n+++ b/nodes/node3/routes.sh\n@@ -1," in r.stdout
-    assert "-10.244.3.0/24 192.168.1.4 node3\n" in r.stdout  # from routes.table
+    assert "-10.244.3.0/24 192.168.1.4 node3 1800000003\n" in r.stdout  # from routes.table
     assert f"{out}/{conf}: changed" in r.stderr.splitlines()
     assert f"{out}/nodes/node3/net-setup.sh: removed" in r.stderr.splitlines()
     assert r.stderr.splitlines()[-1].startswith("podnet compile --check: ")
@@ -153,5 +153,5 @@ def test_compile_check_shows_a_hand_edit(tmp_path: Path):
     table.write_text(original.replace("10.244.2.0/24 192.168.1.3", "10.244.2.0/24 192.168.1.99"))
     r = podnet("compile", str(path), "-o", str(out), "--check")
     assert r.returncode == 1
-    assert "-10.244.2.0/24 192.168.1.99 node2\n+10.244.2.0/24 192.168.1.3 node2\n" in r.stdout
+    assert "-10.244.2.0/24 192.168.1.99 node2 1800000002\n+10.244.2.0/24 192.168.1.3 node2 1800000002\n" in r.stdout
     assert table.read_text() != original  # --check did not repair it

@@ -220,7 +220,7 @@ def assert_exactly_that_route(cluster, out, node_pairs):
     assert pair_nodes(r) == node_pairs, r.failing_pairs
     assert r.pairs_ok == 30 - 4 * len(node_pairs)  # 2 pods x 2 pods per node pair
     route_problems = [p for p in r.problems if "routes.sh" in p]
-    assert route_problems == ["node2: routes.sh check failed (exit 1)\n    missing route: 10.244.3.0/24 via 192.168.1.4 dev eth0\n    routes.sh check (node2): 1 problem(s); run `" + str(next(m for m in cluster.nodes if m.name == "node2").root / "etc/podnet/routes.sh") + " up` to repair (it does not remove extra routes)"]
+    assert route_problems == ["node2: routes.sh check failed (exit 1)\n    missing route: 10.244.3.0/24 via 192.168.1.4 dev eth0\n    routes.sh check (node2): 1 problem(s); run `" + str(next(m for m in cluster.nodes if m.name == "node2").root / "etc/podnet/routes.sh") + " up` to repair (it removes only podnet's own extras)"]
     assert re.search(r"^node2 .* DRIFT ", out, re.M)
     assert "node2/pod0 10.244.2.2 -> node3/pod0 10.244.3.2: no reply" in out
 

@@ -390,7 +390,7 @@ cmd_check() {
 		drift=$((drift + 1))
 	fi
 	if [ "$drift" -gt 0 ]; then
-		echo "routes.sh check ($NAME): $drift problem(s); run \`$0 up\` to repair (it does not remove extra routes)" >&2
+		echo "routes.sh check ($NAME): $drift problem(s); run \`$0 up\` to repair (it removes only podnet's own extras)" >&2
 		return 1
 	fi
 	echo "routes.sh check ($NAME): ok, ${COUNT% *} route(s) in place"
