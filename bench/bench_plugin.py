@@ -10,7 +10,9 @@ Figures:
     runtime would also run its loopback plugin, which podnet does itself: not
     counted, so the comparison favours the reference);
   * 32 ADDs (then 32 DELs) in parallel: wall time of the batch;
-  * processes started per ADD (execve calls, counted with strace -f).
+  * processes started per ADD (execve calls, counted with strace -f);
+  * the floor of podnet's design (bench/floor-plugin.sh: dash and the same two
+    `ip -batch` processes, nothing else), timed in the same rounds.
 
 usage: python bench/bench_plugin.py [--rounds 30] [--parallel 32]   (root; `make driver` first)
 """
@@ -18,6 +20,7 @@ usage: python bench/bench_plugin.py [--rounds 30] [--parallel 32]   (root; `make
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -32,7 +35,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers import Namespaces, have, node_sh  # noqa: E402
-from peers import DRIVER, Pod, compile_topology, driver_available, install_podnet, install_reference, topology_yaml  # noqa: E402
+from peers import DRIVER, CniNode, Pod, compile_topology, driver_available, install_podnet, install_reference, topology_yaml  # noqa: E402
 
 
 def stats(values: List[float]) -> str:
@@ -75,8 +78,6 @@ def parallel(spaces: Namespaces, node, count: int, tag: str) -> Dict[str, float]
         env = {"DRV": str(DRIVER), "DRV_PATH": node.cni_path, "DRV_CACHE": str(node.cache), "DRV_CONF": str(node.conf_path),
                "DRV_NETNS": ",".join(p.path for p in pods), "DRV_CMD": f"{command}-parallel"}
         done = node.sh('exec "$DRV" -path "$DRV_PATH" -cache "$DRV_CACHE" -netns "$DRV_NETNS" -id par "$DRV_CMD" "$DRV_CONF"', env=env)
-        import json
-
         result = json.loads(done.stdout)
         if result["errors"]:
             raise SystemExit(f"parallel {command} on {node.plugin['type']}: {result['errors'][:3]}")
@@ -101,6 +102,20 @@ def forks(spaces: Namespaces, node, tag: str) -> int:
     return execs - 1
 
 
+def install_floor(podnet, root: Path) -> CniNode:
+    """bench/floor-plugin.sh as plugin type "podnet-floor" in podnet's node (its
+    bridge, made by podnet's warm-up ADD, is the one the floor plugin uses)."""
+    conf = json.loads(json.dumps(podnet.conf))
+    entries = conf["plugins"] if "plugins" in conf else [conf]
+    entries[0]["type"] = "podnet-floor"
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True)
+    script = (HERE / "floor-plugin.sh").read_text().replace("\nBRIDGE=cni0\n", f"\nBRIDGE={entries[0]['bridge']}\n", 1)
+    (bin_dir / "podnet-floor").write_text(script)
+    os.chmod(bin_dir / "podnet-floor", 0o755)
+    return CniNode(podnet.ns, root, conf, [bin_dir], podnet.conf_path.name)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=30)
@@ -123,8 +138,10 @@ def main() -> None:
                 "podnet": install_podnet(out, spaces.add(f"pn{int(masq)}"), work / f"pn{int(masq)}"),
                 "reference": install_reference(out, spaces.add(f"rf{int(masq)}"), work / f"rf{int(masq)}"),
             }
-            for node in nodes.values():  # warm up: the first ADD creates the bridge (and the rule)
-                pod = new_pod(spaces, f"w{node.plugin['type'][:3]}{int(masq)}")
+            if not masq:
+                nodes["floor"] = install_floor(nodes["podnet"], work / "floor")
+            for name, node in nodes.items():  # warm up: the first ADD creates the bridge (and the rule)
+                pod = new_pod(spaces, f"w{name[:3]}{int(masq)}")
                 timed(node, "add", pod)
             times = latency(spaces, nodes, a.rounds)
             label = "masquerade on " if masq else "masquerade off"
@@ -132,6 +149,10 @@ def main() -> None:
                 pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
                 ratios[(masq, command)] = pn / rf
                 print(f"{label} {command:5s} podnet {stats(times['podnet'][command])}  reference {stats(times['reference'][command])}  ratio {pn / rf:.2f}")
+            if "floor" in times:
+                for command in ("ADD", "DEL"):
+                    fl, rf = statistics.median(times["floor"][command]), statistics.median(times["reference"][command])
+                    print(f"floor of the design {command:5s} {stats(times['floor'][command])}  (dash + the same two ip -batch, nothing else)  ratio to reference {fl / rf:.2f}")
             if masq:
                 for name, node in nodes.items():
                     print(f"processes started per ADD ({name}): {forks(spaces, node, name[:3])}")
