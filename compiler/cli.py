@@ -8,6 +8,7 @@ bug in podnet and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from typing import List, Optional
 
@@ -92,6 +93,20 @@ def cmd_validate(args) -> int:
 
 
 def cmd_compile(args) -> int:
+    # A compile makes hundreds of thousands of small objects that live until it
+    # ends and next to no reference cycles: the cyclic collector would walk them
+    # again and again for nothing (a quarter of a re-compile's time at 5,000 nodes).
+    # Reference counting still frees what a compile drops.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _compile(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _compile(args) -> int:
     from compiler.artifacts import compile_into
     from compiler.load import load_file
     from compiler.topology import build

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from compiler import ansible, review
 from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology, text
@@ -91,11 +91,12 @@ def plan(topo: Topology) -> List[Artifact]:
     ]
     conf = conf_name(topo)
     for node in topo.nodes:
-        view = {**common, "node": _node_view(topo, node)}
+        config = cni_config(topo, node)
+        view = {**common, "node": _node_view(topo, node, config)}
         base = f"nodes/{node.name}"
         out += [
             Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
-            Artifact(f"{base}/{conf}", 0o644, "json", data=cni_config(topo, node)),
+            Artifact(f"{base}/{conf}", 0o644, "json", data=config),
             Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
             # IPAM without util-linux flock: the plugin runs it from its own directory
             Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
@@ -127,7 +128,8 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
     }
 
 
-def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
+def _node_view(topo: Topology, node: Node, config: Dict[str, Any]) -> Dict[str, Any]:
+    """`config` is cni_config(topo, node)."""
     return {
         "name": node.name,
         "address": text(node.address),
@@ -154,7 +156,7 @@ def _node_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "ipam_ranges": [",".join((text(s), text(lo), text(hi), text(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
         # The config as libcni passes it on stdin, split around the cniVersion's value:
         # the plugin recognises these bytes without running its JSON reader.
-        "libcni_config": libcni_config(topo, node),
+        "libcni_config": libcni_config(topo, node, config),
     }
 
 
@@ -276,41 +278,31 @@ def _cni_range(topo: Topology, subnet: IPNetwork, gateway: IPAddress, first: IPA
     return rng
 
 
-# Strings Go's encoding/json writes exactly as json.dumps does: printable ASCII but
-# the characters Go escapes for HTML.
-_GO_PLAIN = re.compile(r'^[\x20-\x7e]*$')
+# JSON text (json.dumps, ensure_ascii) whose strings Go's encoding/json writes
+# exactly alike: every string printable ASCII but the characters Go escapes for
+# HTML (<>&). Any other character json.dumps writes as an escape other than \" or
+# \\ (\n, \u00e9, ...), or as itself outside this class (DEL): the text then fails.
+_GO_SAME = re.compile(r'(?:[\x20-\x25\x27-\x3b\x3d\x3f-\x5b\x5d-\x7e]|\\[\\"])*\Z')
 _VERSION_MARK = "@CNI-VERSION@"
 
 
-def libcni_config(topo: Topology, node: Node) -> Tuple[str, str]:
+def libcni_config(topo: Topology, node: Node, config: Optional[Dict[str, Any]] = None) -> Tuple[str, str]:
     """(head, tail): the bytes libcni writes to the plugin's stdin for this node's
     config are head + CNI_VERSION + tail. libcni (buildOneConfig/InjectConf)
     re-marshals each plugin's object with Go's encoding/json, "name" and
     "cniVersion" injected: keys sorted, compact. Without prevResult,
     runtimeConfig or args that is the plugin object below. ("", "") when a string
     holds a character Go would spell differently (the plugin then always reads
-    the config with its JSON reader)."""
-    conf = cni_config(topo, node)
+    the config with its JSON reader). `config`: cni_config(topo, node), when known."""
+    conf = cni_config(topo, node) if config is None else config
     plugin = conf["plugins"][0] if "plugins" in conf else dict(conf)
     plugin = {**plugin, "name": topo.network.name, "cniVersion": _VERSION_MARK}
     text = json.dumps(plugin, sort_keys=True, separators=(",", ":"))
-    plain = all(_GO_PLAIN.match(word) and not set("<>&") & set(word) for word in _strings(plugin))
     mark = json.dumps(_VERSION_MARK)
-    if not plain or text.count(mark) != 1:
+    if not _GO_SAME.match(text) or text.count(mark) != 1:
         return ("", "")
     head, tail = text.split(mark)
     return (head + '"', '"' + tail)
-
-
-def _strings(value: Any) -> List[str]:
-    """Every key and string value in a JSON document."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in (k, *_strings(v))]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
 
 
 def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -162,6 +163,32 @@ def test_unplain_values_disable_the_fast_path(monkeypatch):
     monkeypatch.setattr(plan, "cni_config", lambda topo, node: {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "podnet", "x": "a-b"}]})
     fake_topo = type("T", (), {"network": type("N", (), {"name": "n"})()})()
     assert plan.libcni_config(fake_topo, None) == ('{"cniVersion":"', '","name":"n","type":"podnet","x":"a-b"}')
+
+
+def test_the_fast_path_is_taken_exactly_when_every_string_is_plain(monkeypatch):
+    """libcni_config checks the JSON text at once; the same as checking every key and
+    string value for printable ASCII without <>& (what Go writes as json.dumps does)."""
+    import random
+
+    from compiler import plan
+
+    def strings(value):
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, dict):
+            return [s for k, v in value.items() for s in (k, *strings(v))]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return []
+
+    rng = random.Random(3)
+    alphabet = [chr(c) for c in range(0, 0x80)] + ["\u00e9", "\u2028", "\U0001f600"]
+    fake_topo = type("T", (), {"network": type("N", (), {"name": "n"})()})()
+    for i in range(4000):
+        word = "".join(rng.choice(alphabet) if rng.random() < 0.1 else rng.choice("ab-\\\"") for _ in range(rng.randint(0, 6)))
+        config = {"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "podnet", "x": [word, 1, True], word: {"y": word}}]}
+        plain = all(re.fullmatch(r"[\x20-\x7e]*", s) and not set("<>&") & set(s) for s in strings(config["plugins"][0]))
+        assert (plan.libcni_config(fake_topo, None, config) != ("", "")) == plain, repr(word)
 
 
 # ---- what libcni really writes ---------------------------------------------------
