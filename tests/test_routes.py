@@ -372,6 +372,7 @@ def test_table_nexthop_ids_validated(tmp_path, netns, shell):
         "10.244.2.0/24 192.168.1.3 node2 18000x0002\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID",
         "10.244.2.0/24 192.168.1.3 node2 -1800000002\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID",
         "10.244.2.0/24 192.168.1.3 node2 01800000002\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID",
+        "10.244.2.0/24 192.168.1.3 node2 18000000000000000002\n": "routes.table:2: not DESTINATION NEXTHOP NODE NHID",
         "10.244.2.0/24 192.168.1.3 node2 2\n": "routes.table:2: nexthop id 2 is outside podnet's range for IPv4 (1800000000 + 0..268435455)",
         "10.244.2.0/24 192.168.1.3 node2 2100000002\n": "routes.table:2: nexthop id 2100000002 is outside podnet's range for IPv4",
         "fd00::/64 fd00::3 node2 1800000002\n": "routes.table:2: nexthop id 1800000002 is outside podnet's range for IPv6 (2100000000 + 0..268435455)",

@@ -118,7 +118,7 @@ BEGIN {
 }
 /^[ \t]*(#|$)/ { next }
 table != "" && FILENAME == table {
-	if (NF != 4 || $1 !~ /^[0-9a-fA-F:.]+\/[0-9]+$/ || $2 !~ /^[0-9a-fA-F:.]+$/ || $3 !~ /^[a-z0-9][-a-z0-9]*$/ || $4 !~ /^[1-9][0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?[0-9]?$/)
+	if (NF != 4 || $1 !~ /^[0-9a-fA-F:.]+\/[0-9]+$/ || $2 !~ /^[0-9a-fA-F:.]+$/ || $3 !~ /^[a-z0-9][-a-z0-9]*$/ || $4 !~ /^[1-9][0-9]*$/ || length($4) > 10)
 		refuse("not DESTINATION NEXTHOP NODE NHID")
 	base = index($1, ":") ? nhbase6 : nhbase4
 	if ($4 + 0 < base + 0 || $4 + 0 >= base + nhspan) refuse("nexthop id " $4 " is outside podnet'"'"'s range for " (base == nhbase6 ? "IPv6" : "IPv4") " (" base " + 0.." nhspan - 1 ")")
