@@ -6,7 +6,8 @@
 # its peer created inside the pod's netns, on the bridge, up; the bridge's address and up
 # state; both links shown), one pod-side `ip -batch` (address, link up, default route, lo up,
 # link shown), a fixed-shape result. No config check, no IPAM (the address comes from an
-# unlocked counter file), no rollback, no masquerade. DEL removes the pair with one `ip`.
+# unlocked counter file), no rollback, no masquerade. DEL is podnet's one pod-side `ip -batch`
+# (the pod's interface deleted, which removes the pair; loopback down), without the leases.
 # It exists to show how close podnet gets to the two `ip` processes it cannot avoid; never
 # install it on a node. Assumes the bridge cni0 exists with 10.244.1.1/24 (podnet's warm-up
 # ADD in the bench creates it in the same node); bench_plugin.py sets BRIDGE to its name.
@@ -43,7 +44,12 @@ EOF
 	printf '{"cniVersion":"1.0.0","interfaces":[{"name":"%s","sandbox":"%s"}],"ips":[{"interface":0,"address":"%s/24","gateway":"10.244.1.1"}]}\n' \
 		"$CNI_IFNAME" "$CNI_NETNS" "$addr"
 	;;
-DEL) "$IP" link del dev "$VETH" 2>/dev/null || : ;;
+DEL)
+	"$IP" -n "${CNI_NETNS##*/}" -batch - 2>/dev/null <<EOF || :
+link del dev $CNI_IFNAME
+link set dev lo down
+EOF
+	;;
 VERSION) printf '{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}\n' ;;
 *) ;;
 esac
