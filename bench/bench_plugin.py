@@ -9,12 +9,13 @@ Figures:
     masquerade off and on; the reference's time is bridge + host-local alone (a
     runtime would also run its loopback plugin, which podnet does itself: not
     counted, so the comparison favours the reference);
-  * 32 ADDs (then 32 DELs) in parallel: wall time of the batch;
+  * 32 ADDs (then 32 DELs) in parallel: wall time of the batch, median of 5
+    interleaved rounds;
   * processes started per ADD (execve calls, counted with strace -f);
   * the floor of podnet's design (bench/floor-plugin.sh: dash and the same two
     `ip -batch` processes, nothing else), timed in the same rounds.
 
-usage: python bench/bench_plugin.py [--rounds 30] [--parallel 32]   (root; `make driver` first)
+usage: python bench/bench_plugin.py [--rounds 30] [--parallel 32] [--parallel-rounds 5]   (root; `make driver` first)
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--parallel", type=int, default=32)
+    p.add_argument("--parallel-rounds", type=int, default=5)
     a = p.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench_plugin: needs root (network namespaces)")
@@ -156,10 +158,15 @@ def main() -> None:
             if masq:
                 for name, node in nodes.items():
                     print(f"processes started per ADD ({name}): {forks(spaces, node, name[:3])}")
-                par = {name: parallel(spaces, node, a.parallel, f"{name[:2]}p") for name, node in nodes.items()}
+                par = {name: {"add": [], "del": []} for name in nodes}
+                for r in range(a.parallel_rounds):  # interleaved, the first one alternating
+                    for name in (list(nodes) if r % 2 == 0 else list(nodes)[::-1]):
+                        for command, seconds in parallel(spaces, nodes[name], a.parallel, f"{name[:2]}p{r}").items():
+                            par[name][command].append(seconds)
                 for command in ("add", "del"):
-                    pn, rf = par["podnet"][command], par["reference"][command]
-                    print(f"{a.parallel} {command.upper()}s in parallel: podnet {pn * 1000:.0f} ms, reference {rf * 1000:.0f} ms, ratio {pn / rf:.2f}")
+                    pn, rf = statistics.median(par["podnet"][command]), statistics.median(par["reference"][command])
+                    print(f"{a.parallel} {command.upper()}s in parallel ({a.parallel_rounds} rounds): podnet {stats(par['podnet'][command])}, "
+                          f"reference {stats(par['reference'][command])}, ratio {pn / rf:.2f}")
     finally:
         spaces.cleanup()
         shutil.rmtree(work, ignore_errors=True)
