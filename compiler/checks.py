@@ -8,14 +8,14 @@ a node's `podCIDR` and `router` are one value or a list with one per family.
 
 from __future__ import annotations
 
-import bisect
 import ipaddress
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+from compiler.allocate import PoolExhausted, allocate
 from compiler.diagnostics import Diagnostic, dotted
 from compiler.load import Document
-from compiler.model import DEFAULTS, node_prefix_length
-from compiler.plan import NHID_BASE, NHID_SPAN, subnet_index
+from compiler.model import DEFAULTS, IPNetwork, Pool, node_prefix_length
+from compiler.plan import NHID_SPAN, nexthop_id, subnet_index
 
 Rule = Callable[["Facts"], Iterator[Diagnostic]]
 Path = Tuple[Any, ...]
@@ -226,39 +226,35 @@ def nexthop_ids(f: Facts) -> Iterator[Diagnostic]:
     """routes.sh's nexthop id of a node subnet is its family's base + the subnet's index
     in the pod range mod NHID_SPAN (plan.nexthop_id): two subnets whose indexes agree
     there would share an id. Only a range of more than NHID_SPAN node subnets with a
-    subnet pinned at an index beyond it can do that: against another pinned subnet, or
-    against the subnet the allocator gives a node without one (the lowest free indexes,
-    in file order)."""
+    subnet pinned at an index beyond it can do that, against another pinned subnet or
+    the one the allocator (run here as the compile runs it) gives a node without one.
+    Said at the pinned subnet's podCIDR (the later node's when both are pinned)."""
     for version, pool in sorted(f.pools.items()):
         prefix = f.prefixes[version]
         if prefix is None or prefix - pool.prefixlen <= NHID_SPAN.bit_length() - 1:
             continue
-        pinned: Dict[int, Tuple[int, Path, Any]] = {}  # index -> the first node pinning it
-        unpinned: List[int] = []
+        paths: List[Optional[Path]] = []  # the podCIDR of each node that pins a usable subnet
+        pinned: List[Optional[IPNetwork]] = []
         for i in range(len(f.nodes)):
             subs = [(p, s) for p, s in f.node_values(i, "podCIDR", _network) if s.version == version]
-            if not subs:
-                unpinned.append(i)
-            elif subs[0][1].subnet_of(pool) and subs[0][1].prefixlen == prefix:
-                pinned.setdefault(subnet_index(pool, subs[0][1]), (i, subs[0][0], subs[0][1]))
-        below = sorted(pinned)
-        slots: Dict[int, Tuple[int, int]] = {}  # index mod NHID_SPAN -> (node, index) seen first
-        for index, (i, path, sub) in sorted(pinned.items(), key=lambda kv: kv[1][0]):
-            slot = index % NHID_SPAN
-            nhid = NHID_BASE[version] + slot
-            if slot in slots:
-                j, other = slots[slot]
-                yield f.doc.at(path, f"{dotted(path)}: {sub} would share routes.sh's nexthop id {nhid} with {pinned[other][2]} of node {_name(f, j)} (nodes[{j}]): "
-                               f"their indexes {index} and {other} in network.podCIDR {pool} are equal mod {NHID_SPAN}; pin another subnet")
+            usable = bool(subs) and subs[0][1].subnet_of(pool) and subs[0][1].prefixlen == prefix
+            paths.append(subs[0][0] if usable else None)
+            pinned.append(subs[0][1] if usable else None)
+        try:
+            subnets = allocate(Pool(pool, prefix), pinned)
+        except PoolExhausted:  # capacity says so
+            continue
+        first: Dict[int, int] = {}  # nexthop id -> the first node with it
+        for i, sub in enumerate(subnets):
+            j = first.setdefault(nexthop_id(pool, sub), i)
+            if j == i or subnets[j] == sub:  # one subnet pinned twice: pinned_subnets says so
                 continue
-            slots[slot] = (i, index)
-            # a slot below the pinned indexes' count is free: the allocator hands it out
-            free_below = slot - bisect.bisect_left(below, slot)
-            if index >= NHID_SPAN and slot not in pinned and free_below < len(unpinned):
-                j = unpinned[free_below]
-                other = pool.network_address + (slot << (pool.max_prefixlen - prefix))
-                yield f.doc.at(path, f"{dotted(path)}: {sub} would share routes.sh's nexthop id {nhid} with {other}/{prefix}, allocated to node {_name(f, j)} (nodes[{j}]): "
-                               f"their indexes {index} and {slot} in network.podCIDR {pool} are equal mod {NHID_SPAN}; pin another subnet")
+            at, other = (i, j) if paths[i] is not None else (j, i)
+            path, mine, theirs = paths[at], subnets[at], subnets[other]
+            whose = f"of node {_name(f, other)}" if paths[other] is not None else f"allocated to node {_name(f, other)}"
+            joint = "" if paths[other] is not None else ","
+            yield f.doc.at(path, f"{dotted(path)}: {mine} would share routes.sh's nexthop id {nexthop_id(pool, sub)} with {theirs}{joint} {whose} (nodes[{other}]): "
+                           f"their indexes {subnet_index(pool, mine)} and {subnet_index(pool, theirs)} in network.podCIDR {pool} are equal mod {NHID_SPAN}; pin another subnet")
 
 
 def router_mode(f: Facts) -> Iterator[Diagnostic]:

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from compiler import ansible, review
 from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology, text
@@ -61,33 +61,30 @@ def nexthop_id(pool: IPNetwork, subnet: IPNetwork) -> int:
     return NHID_BASE[subnet.version] + subnet_index(pool, subnet) % NHID_SPAN
 
 
-def route_table_ids(topo: Topology, routes: List[Tuple[str, str, str]]) -> List[Tuple[str, str, str, int]]:
-    """route_table's rows with each subnet's nexthop id: the lines of routes.table."""
-    pools = {p.family: p.cidr for p in topo.network.pools}
-    out = []
+def _routes(topo: Topology) -> Iterator[Tuple[IPNetwork, IPAddress, str]]:
+    """(destination subnet, next hop, node) for every node subnet, in file order."""
     for node in topo.nodes:
         for subnet in node.subnets:
-            out.append(nexthop_id(pools[subnet.version], subnet))
-    return [(*row, nhid) for row, nhid in zip(routes, out)]
+            yield subnet, next(a for a in node.addresses if a.version == subnet.version), node.name
 
 
 def route_table(topo: Topology) -> List[Tuple[str, str, str]]:
     """(destination subnet, next hop, node) for every node subnet, in file order."""
-    rows = []
-    for node in topo.nodes:
-        for subnet in node.subnets:
-            nexthop = next(a for a in node.addresses if a.version == subnet.version)
-            rows.append((text(subnet), text(nexthop), node.name))
-    return rows
+    return [(text(subnet), text(nexthop), name) for subnet, nexthop, name in _routes(topo)]
+
+
+def route_table_ids(topo: Topology) -> List[Tuple[str, str, str, int]]:
+    """route_table's rows with each subnet's nexthop id: the lines of routes.table."""
+    pools = {p.family: p.cidr for p in topo.network.pools}
+    return [(text(subnet), text(nexthop), name, nexthop_id(pools[subnet.version], subnet)) for subnet, nexthop, name in _routes(topo)]
 
 
 def plan(topo: Topology) -> List[Artifact]:
     src = source_name(topo.source)
     common = {"source": src, "network": _network_view(topo)}
-    routes = route_table(topo)
     out: List[Artifact] = [
-        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table_ids(topo, routes)}),
-        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, routes)}),
+        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table_ids(topo)}),
+        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, route_table(topo))}),
     ]
     conf = conf_name(topo)
     for node in topo.nodes:
@@ -297,11 +294,11 @@ def libcni_config(topo: Topology, node: Node, config: Optional[Dict[str, Any]] =
     conf = cni_config(topo, node) if config is None else config
     plugin = conf["plugins"][0] if "plugins" in conf else dict(conf)
     plugin = {**plugin, "name": topo.network.name, "cniVersion": _VERSION_MARK}
-    text = json.dumps(plugin, sort_keys=True, separators=(",", ":"))
+    encoded = json.dumps(plugin, sort_keys=True, separators=(",", ":"))
     mark = json.dumps(_VERSION_MARK)
-    if not _GO_SAME.match(text) or text.count(mark) != 1:
+    if not _GO_SAME.match(encoded) or encoded.count(mark) != 1:
         return ("", "")
-    head, tail = text.split(mark)
+    head, tail = encoded.split(mark)
     return (head + '"', '"' + tail)
 
 
