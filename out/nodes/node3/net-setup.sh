@@ -91,9 +91,12 @@ IPAM_SCAN_MAX=32
 IPAM_EXHAUSTED=3
 
 
-# ipam_add CONTAINER_ID IFNAME: one lease per range set, printed. Reuses a lease
-# the pair already holds. 0 ok; 2 pool exhausted; 1 other failure (nothing taken).
+# ipam_add CONTAINER_ID IFNAME: one lease per range set, printed, and left in
+# IPAM_LEASES (the same lines without the last newline) for a caller that runs it
+# without a subshell. Reuses a lease the pair already holds. 0 ok; 2 pool
+# exhausted; 1 other failure (nothing taken).
 ipam_add() {
+	IPAM_LEASES=
 	ipam_valid_pair "$@" || return 1
 	ipam_locked add "$1" "$2"
 }
@@ -253,6 +256,7 @@ ipam_op_add() {
 "
 		IPAM_INDEX=$((IPAM_INDEX + 1))
 	done
+	IPAM_LEASES=${IPAM_OUT%?}
 	printf '%s' "$IPAM_OUT"
 }
 
@@ -1277,13 +1281,14 @@ valid_netns_path() {
 
 # cmd_add: attaches CID's IFNAME in NETNS (CNI ADD and direct `add`). Most of an ADD
 # is processes starting (ip, flock, iptables), so steps that do not depend on each
-# other run side by side, two at a time (a node has two cores or more): the lease
-# beside the host side, then the masquerade rule's check beside the pod side.
+# other run side by side (a node has two cores or more): the masquerade rule's check
+# in the background, and the lease, the host side and the pod side as one pipeline
+# whose processes all start at once (add_links_and_lease).
 cmd_add() {
 	trap 'fail "$E_AGAIN" "interrupted by a signal" "nothing was left behind; retry ADD"' HUP INT TERM
 	veth_name
-	add_veth_and_lease
 	add_masquerade_check
+	add_links_and_lease
 	add_pod_side
 	add_forwarding
 	add_masquerade
@@ -1329,106 +1334,158 @@ fnv1a() {
 	done
 }
 
-# add_veth_and_lease [retried]: the host side and the lease, side by side.
-# The host side is one `ip -batch`: the veth pair, its peer created directly inside
-# the pod's netns as IFNAME (much faster than moving it), MTU on both ends, the host
-# end on the bridge, up and marked with ALIAS; the bridge's gateway address(es) and
-# up state; both MACs read back. Meanwhile add_lease_side takes the lease. A lease
-# taken beside a host side that failed is given back, so a failed host side leaves
-# no lease, as when the lease came after it. When the batch's first line fails
-# nothing was created, and add_veth_refused finds out why (the bridge is created
-# there when /sys did not show it missing) and may retry once.
-add_veth_and_lease() {
+# add_links_and_lease [retried]: the host side, the lease and the pod side, as one
+# pipeline of three processes started together:
+#
+#   ip -br -batch - (host side) | add_lease_side | add_pod_ip (ip -br -n POD -batch -)
+#
+# The host side, one `ip -batch`, starts first: the veth pair, its peer created
+# directly inside the pod's netns as IFNAME (much faster than moving it), MTU on both
+# ends, the host end on the bridge, up and marked with ALIAS; the bridge's gateway
+# address(es) and up state; both links shown (brief: one short line each, MAC
+# included). Meanwhile add_lease_side takes the lease and then lets add_pod_ip start
+# the pod side's `ip`, which enters the pod's netns and waits for its batch. Once
+# the host side is done, add_lease_side reports (HOST_BEGIN ... HOST_END, one write)
+# and, when the host side and the lease both succeeded, hands the pod side its
+# batch (pod_batch); the pod side's output follows the report.
+#
+# A lease taken beside a host side that failed is given back, so a failed host side
+# leaves no lease, as when the lease came after it. When the batch's first line
+# fails nothing was created, and add_veth_refused finds out why (the bridge is created
+# there when /sys did not show it missing) and may retry once. The pod side's outcome
+# (POD_RC, POD_OUT) is add_pod_side's to judge.
+add_links_and_lease() {
 	# The node's first ADD creates the bridge before, not after a failed batch. /sys
 	# is a hint only (it may show another namespace): add_veth_refused has the say.
 	[ -n "${1:-}" ] || [ -e "/sys/class/net/$BRIDGE" ] || add_bridge
-	av_batch="link add name $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
+	al_batch="link add name $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
 link set dev $VETH alias $ALIAS"
-	for av_addr in $BRIDGE_ADDRS; do
-		case $av_addr in
+	for al_addr in $BRIDGE_ADDRS; do
+		case $al_addr in
 		# the IPv6 gateway without DAD: usable by the pods at once, not a second later
-		*:*) av_batch="$av_batch${NL}addr replace $av_addr dev $BRIDGE nodad" ;;
-		*) av_batch="$av_batch${NL}addr replace $av_addr dev $BRIDGE" ;;
+		*:*) al_batch="$al_batch${NL}addr replace $al_addr dev $BRIDGE nodad" ;;
+		*) al_batch="$al_batch${NL}addr replace $al_addr dev $BRIDGE" ;;
 		esac
 	done
-	av_batch="$av_batch${NL}link set dev $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
-	# ip's output and status, then add_lease_side's lines (passed on once ip is done)
-	av_out=$(
-		add_lease_side | {
-			av_rc=0
-			"$IP" -o -batch - 2>&1 <<EOF || av_rc=$?
-$av_batch
+	al_batch="$al_batch${NL}link set dev $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
+	POD_RC=0
+	al_out=$(
+		exec 3>&1
+		"$IP" -br -batch - 2>&1 <<EOF | add_lease_side 4>&1 >&3 | add_pod_ip
+$al_batch
 EOF
-			printf '\n=%s\n' "$av_rc"
-			while IFS= read -r av_line; do
-				printf '%s\n' "$av_line"
-			done
-		}
-	)
-	av_lease=${av_out##*"$NL="}
-	chomp "${av_out%"$NL="*}"
-	av_out=$CHOMPED
-	av_rc=${av_lease%%"$NL"*}
-	LEASES=${av_lease#*"$NL"}
-	av_lease=${LEASES##*"$NL"}
-	LEASES=${LEASES%"$av_lease"}
-	LEASES=${LEASES%"$NL"}
-	# the lease status (0 taken, 2 pool exhausted, 1 failed, - not yet), then what
-	# was newly taken (not leased to the pair before)
-	case $av_lease in
-	*" "*) IPAM_TAKEN=${av_lease#* } av_lease=${av_lease%% *} ;;
-	*) IPAM_TAKEN= ;;
-	esac
-	if [ "$av_lease" = 0 ] && [ "$av_rc" = 0 ]; then
+	) || POD_RC=$?
+	case $al_out in
+	*"$HOST_BEGIN$NL"*"$NL$HOST_END"*) ;;
+	*)
+		veth_is_ours && ADD_VETH=1
 		ADD_LEASE=1
-	elif [ "$av_lease" = 0 ]; then
+		fail "$E_FAILED" "the host side of $IFNAME did not report" "$al_out"
+		;;
+	esac
+	# the pod side's output: what follows the report (and anything before it)
+	POD_OUT=${al_out##*"$NL$HOST_END"}
+	POD_OUT=${al_out%%"$HOST_BEGIN$NL"*}${POD_OUT#"$NL"}
+	al_out=${al_out#*"$HOST_BEGIN$NL"}
+	al_out=${al_out%"$NL$HOST_END"*}
+	# the report: ip's output, then "=STATUS TAKEN" and the leases
+	LEASES=${al_out##*"$NL="}
+	chomp "${al_out%"$NL="*}"
+	al_out=$CHOMPED
+	al_lease=${LEASES%%"$NL"*}
+	LEASES=${LEASES#"$al_lease"}
+	LEASES=${LEASES#"$NL"}
+	# the lease status (0 taken, 2 pool exhausted, 1 failed, - not taken), then what
+	# was newly taken (not leased to the pair before)
+	IPAM_TAKEN=${al_lease#* }
+	al_lease=${al_lease%% *}
+	if host_side_done "$al_out"; then
+		[ "$al_lease" != 0 ] || ADD_LEASE=1
+	elif [ "$al_lease" = 0 ]; then
 		# (a lease that cannot be given back is this ADD's to undo)
 		[ -z "$IPAM_TAKEN" ] || ipam_give_back "$CID" "$IFNAME" || ADD_LEASE=1
 	fi
-	if [ "$av_rc" != 0 ]; then
+	if ! host_side_done "$al_out"; then
 		# iproute2 names the failed line: line 1 created nothing, a later one leaves a
 		# pair to undo. An argument it rejects (a missing bridge) stops it before any
 		# line runs, without a line number: then the pair is ours only if it has our alias.
-		case $av_out in
+		case $al_out in
 		*"Command failed -:1"[!0-9]* | *"Command failed -:1") ;;
 		*"Command failed -:"[0-9]*) ADD_VETH=1 ;;
 		*) veth_is_ours && ADD_VETH=1 ;;
 		esac
 		if [ "$ADD_VETH" = 1 ]; then
-			fail "$E_FAILED" "cannot set up the host side of $IFNAME" "$av_out"
+			fail "$E_FAILED" "cannot set up the host side of $IFNAME" "$al_out"
 		fi
-		add_veth_refused "$av_out" "${1:-}"
-		add_veth_and_lease retried
+		add_veth_refused "$al_out" "${1:-}"
+		add_links_and_lease retried
 		return 0
 	fi
 	ADD_VETH=1
-	link_line "$av_out" "$BRIDGE"
-	mac_of "$LINK_LINE"
+	brief_mac "$al_out" "$BRIDGE"
 	BRIDGE_MAC=$MAC
-	link_line "$av_out" "$VETH"
-	mac_of "$LINK_LINE"
+	brief_mac "$al_out" "$VETH"
 	VETH_MAC=$MAC
-	if [ "$av_lease" = - ]; then
-		# the Python fallback: after the host side
-		av_lease=0
-		LEASES=$(ipam_add "$CID" "$IFNAME") || av_lease=$?
-	fi
-	add_lease "$av_lease"
+	add_lease "$al_lease"
 }
 
-# add_lease_side: the left end of add_veth_and_lease's pipeline (a subshell): with
-# util-linux flock, takes the lease and prints the leases (ipam_add's lines), then
-# the status (0, 2 pool exhausted, 1 failed) and the addresses newly taken on one
-# line. The Python fallback cannot say what it took: then it prints "-" and the
-# lease comes after the host side.
+# HOST_BEGIN, HOST_END: the lines around add_lease_side's report. ip never prints a
+# line starting with '=' (its lines start with an interface name, or a word such as
+# Error; interface names here hold no '=').
+HOST_BEGIN='=podnet: host side'
+HOST_END='=podnet: end of host side'
+
+# host_side_done OUTPUT: whether the host side's batch ran to its end: ip stops at
+# the first failed line, and the last line shows VETH.
+host_side_done() {
+	brief_mac "$1" "$VETH"
+	[ -n "$LINE" ]
+}
+
+# add_lease_side: the middle of add_links_and_lease's pipeline (a subshell): stdin is
+# the host side's output, stdout the report, fd 4 the pod side's stdin. With
+# util-linux flock takes the lease right away and, when it got one, starts the pod
+# side (an empty line to add_pod_ip); the Python fallback cannot say what it took,
+# so it takes the lease only once the host side succeeded. Then reports in one
+# write: HOST_BEGIN, the host side's output, "=STATUS TAKEN" (0 taken, 2 pool
+# exhausted, 1 failed, - not taken; the addresses newly taken), the leases,
+# HOST_END. Only when the host side and the lease both succeeded does it write the
+# pod side's batch to fd 4; else the pod side does nothing.
 add_lease_side() {
-	if ! command -v flock >/dev/null 2>&1; then
-		echo -
-		return 0
+	als_lease=-
+	LEASES=
+	IPAM_TAKEN=
+	if command -v flock >/dev/null 2>&1; then
+		als_lease=0
+		ipam_add "$CID" "$IFNAME" >/dev/null || als_lease=$?
+		[ "$als_lease" != 0 ] || echo >&4
+		LEASES=$IPAM_LEASES
 	fi
-	als_rc=0
-	ipam_add "$CID" "$IFNAME" || als_rc=$?
-	printf '%s %s\n' "$als_rc" "${IPAM_TAKEN:-}"
+	als_out=
+	als_line=
+	while IFS= read -r als_line; do
+		als_out=$als_out$als_line$NL
+		als_line=
+	done
+	als_out=${als_out%"$NL"}${als_line}
+	if [ "$als_lease" = - ] && host_side_done "$als_out"; then
+		als_lease=0
+		LEASES=$(ipam_add "$CID" "$IFNAME") || als_lease=$?
+		[ "$als_lease" != 0 ] || echo >&4
+	fi
+	printf '%s\n' "$HOST_BEGIN" "$als_out" "=$als_lease ${IPAM_TAKEN# }${LEASES:+$NL$LEASES}" "$HOST_END"
+	if [ "$als_lease" = 0 ] && host_side_done "$als_out" && leases_valid; then
+		pod_batch
+		printf '%s\n' "$POD_BATCH" >&4
+	fi
+}
+
+# add_pod_ip: the right end of add_links_and_lease's pipeline: once told to (a line
+# on stdin), becomes the pod side's `ip`, which reads its batch from the rest of
+# stdin; else exits without starting it.
+add_pod_ip() {
+	IFS= read -r _ || exit 0
+	exec "$IP" -br -n "$NS_REF" -batch - 2>&1
 }
 
 # veth_is_ours: VETH exists and carries this attachment's ALIAS.
@@ -1512,6 +1569,34 @@ mac_of() {
 	esac
 }
 
+# brief_mac OUTPUT NAME: from `ip -br link show` OUTPUT, sets LINE to NAME's line
+# ("NAME STATE MAC <FLAGS>", or "NAME@PEER ..."; empty when missing) and MAC to its
+# MAC (empty when it has none). OUTPUT may also hold warnings on other lines.
+brief_mac() {
+	LINE=
+	MAC=
+	bm_rest=$NL$1$NL
+	case $bm_rest in
+	*"$NL$2 "* | *"$NL$2@"*) ;;
+	*) return 0 ;;
+	esac
+	case $bm_rest in
+	*"$NL$2 "*) LINE=$2\ ${bm_rest#*"$NL$2 "} ;;
+	*) LINE=$2@${bm_rest#*"$NL$2@"} ;;
+	esac
+	LINE=${LINE%%"$NL"*}
+	bm_ifs=$IFS
+	IFS=' '
+	# shellcheck disable=SC2086 # split on purpose: NAME STATE MAC <FLAGS>
+	set -- $LINE
+	IFS=$bm_ifs
+	MAC=${3:-}
+	case $MAC in
+	??:??:??:??:??:??) ;;
+	*) MAC= ;;
+	esac
+}
+
 # add_lease STATUS: the lease's status (ipam_add's); LEASES holds its "ADDRESS/PREFIX
 # GATEWAY" lines. IPAM reports 2 when the pool is exhausted, and takes nothing on
 # failure; its diagnostics go to stderr, where the runtime logs them.
@@ -1523,13 +1608,19 @@ add_lease() {
 	esac
 	ADD_LEASE=1
 	[ -n "$LEASES" ] || fail "$E_FAILED" "IPAM returned no address" "check the IPAM store"
-	while read -r al_addr al_gw; do
-		case $al_addr in
+	leases_valid || fail "$E_FAILED" "IPAM returned an invalid lease" "$LEASES"
+}
+
+# leases_valid: whether every line of LEASES is "ADDRESS/PREFIX GATEWAY" of address
+# characters (what goes into the pod side's batch).
+leases_valid() {
+	while read -r lv_addr lv_gw; do
+		case $lv_addr in
 		?*/?*) ;;
-		*) al_addr=- ;;
+		*) return 1 ;;
 		esac
-		case $al_addr$al_gw in
-		*[!0-9a-fA-F.:/]*) fail "$E_FAILED" "IPAM returned an invalid lease" "$LEASES" ;;
+		case $lv_addr$lv_gw in
+		*[!0-9a-fA-F.:/]*) return 1 ;;
 		esac
 	done <<EOF
 $LEASES
@@ -1549,42 +1640,49 @@ $LEASES
 EOF
 }
 
-# add_pod_side: inside the pod's netns: the address(es) (IPv6 without DAD), IFNAME
-# up, POD_ROUTES via the gateway of each route's family, loopback up; reads the MAC.
-# With IPv6, the kernel's own link-local address is turned off (addrgenmode none:
-# it would be tentative, i.e. unusable, for a second after ADD) and add_link_local
-# adds the same address without DAD.
-add_pod_side() {
-	aps_batch=
-	aps_v6=0
-	while read -r aps_addr _; do
-		case $aps_addr in
-		*:*) aps_batch="${aps_batch}addr add $aps_addr dev $IFNAME nodad$NL" aps_v6=1 ;;
-		?*) aps_batch="${aps_batch}addr add $aps_addr dev $IFNAME$NL" ;;
+# pod_batch: sets POD_BATCH, the pod side's `ip -batch` lines for LEASES, run inside
+# the pod's netns: the address(es) (IPv6 without DAD), IFNAME up, POD_ROUTES via the
+# gateway of each route's family, loopback up, IFNAME shown (its MAC). With IPv6, the
+# kernel's own link-local address is turned off (addrgenmode none: it would be
+# tentative, i.e. unusable, for a second after ADD); add_link_local adds the same
+# address without DAD.
+pod_batch() {
+	pb_v6=0
+	POD_BATCH=
+	while read -r pb_addr _; do
+		case $pb_addr in
+		*:*) POD_BATCH="${POD_BATCH}addr add $pb_addr dev $IFNAME nodad$NL" pb_v6=1 ;;
+		?*) POD_BATCH="${POD_BATCH}addr add $pb_addr dev $IFNAME$NL" ;;
 		esac
 	done <<EOF
 $LEASES
 EOF
-	[ "$aps_v6" = 0 ] || aps_batch="link set dev $IFNAME addrgenmode none$NL$aps_batch"
-	aps_batch="${aps_batch}link set dev $IFNAME up$NL"
-	for aps_dst in $POD_ROUTES; do
-		gateway_for "$aps_dst"
-		[ -z "$GATEWAY" ] || aps_batch="${aps_batch}route add $aps_dst via $GATEWAY dev $IFNAME$NL"
+	[ "$pb_v6" = 0 ] || POD_BATCH="link set dev $IFNAME addrgenmode none$NL$POD_BATCH"
+	POD_BATCH="${POD_BATCH}link set dev $IFNAME up$NL"
+	for pb_dst in $POD_ROUTES; do
+		gateway_for "$pb_dst"
+		[ -z "$GATEWAY" ] || POD_BATCH="${POD_BATCH}route add $pb_dst via $GATEWAY dev $IFNAME$NL"
 	done
-	aps_batch="${aps_batch}link set dev lo up${NL}link show dev $IFNAME"
-	aps_out=$("$IP" -o -n "$NS_REF" -batch - 2>&1 <<EOF
-$aps_batch
-EOF
-	) || fail "$E_FAILED" "cannot configure $IFNAME in $NETNS" "$aps_out"
-	link_line "$aps_out" "$IFNAME"
-	mac_of "$LINK_LINE"
+	POD_BATCH="${POD_BATCH}link set dev lo up${NL}link show dev $IFNAME"
+}
+
+# add_pod_side: the pod side's outcome (POD_RC, POD_OUT from add_links_and_lease's
+# pipeline): it failed unless ip succeeded and showed IFNAME; reads IFNAME's MAC. With
+# IPv6, adds the link-local address (add_link_local).
+add_pod_side() {
+	brief_mac "$POD_OUT" "$IFNAME"
+	if [ "$POD_RC" != 0 ] || [ -z "$LINE" ]; then
+		fail "$E_FAILED" "cannot configure $IFNAME in $NETNS" "$POD_OUT"
+	fi
 	IF_MAC=$MAC
-	[ "$aps_v6" = 0 ] || add_link_local
+	case $LEASES in
+	*:*) add_link_local ;;
+	esac
 }
 
 # add_link_local: IFNAME's link-local address, fe80:: and the modified EUI-64 of its
 # MAC (RFC 4291), as the kernel makes it by default, but without DAD. Assumes IF_MAC
-# is the pod interface's MAC and add_pod_side turned the kernel's own one off.
+# is the pod interface's MAC and pod_batch turned the kernel's own one off.
 add_link_local() {
 	case $IF_MAC in
 	*[!0-9a-fA-F:]* | '') fail "$E_FAILED" "cannot read the MAC address of $IFNAME in $NETNS" "$IF_MAC" ;;
@@ -1619,8 +1717,8 @@ enable_sysctl() {
 
 # add_masquerade_check: with masquerade on, starts checking the node's masquerade
 # rule (`iptables -C`, a process of its own) in the background, so it runs while the
-# pod side is set up; add_masquerade takes its answer (AM_PID). An ADD that fails
-# meanwhile leaves it to finish alone: it only reads.
+# links and the lease are set up; add_masquerade takes its answer (AM_PID). An ADD
+# that fails meanwhile leaves it to finish alone: it only reads.
 add_masquerade_check() {
 	AM_PID=
 	[ "$MASQUERADE" = 1 ] || return 0
