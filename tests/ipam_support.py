@@ -59,13 +59,14 @@ network:
 
 
 def render_ipam(tmp: Path, text: str, node: str = "node1") -> Path:
-    """Writes tmp/ipam.sh: `set -eu`, then the partial as net-setup.sh includes it,
+    """Writes tmp/ipam.sh: `set -eu`, then the IPAM partials as net-setup.sh includes them,
     and beside it the node's podnet-ipam.py. Returns the script's path. The
     rendered IPAM_STORE is kept; tests point it elsewhere."""
     topo = build(load_file(str(write_topology(tmp, text))))
     arts = {a.path: a for a in plan(topo)}
     view = arts[f"nodes/{node}/net-setup.sh"].data
-    body = _env(True).get_template("plugin/ipam.sh.j2").render(**view)
+    env = _env(True)
+    body = "".join(env.get_template(f"plugin/{name}.sh.j2").render(**view) for name in ("ipam", "ipam_query"))
     path = tmp / "ipam.sh"
     path.write_text("#!/bin/sh\nset -eu\n" + body)
     (tmp / "podnet-ipam.py").write_bytes(render(arts[f"nodes/{node}/podnet-ipam.py"]))

@@ -57,7 +57,7 @@ NL='
 # ---- state (set here, so nothing leaks in from the environment) ---------------------------------
 MODE=cni COMMAND='' IP='' CID='' IFNAME='' NETNS='' NS_REF='' VETH='' ALIAS=''
 REPLY_VERSION=$PODNET_CNI_VERSION
-CFG_TEXT='' CFG_VERSION='' CFG_NAME='' CFG_TYPE='' CFG_HAS_PREV=0
+STDIN_READ=0 CFG_TEXT='' CFG_VERSION='' CFG_NAME='' CFG_TYPE='' CFG_HAS_PREV=0
 PREV_IFACES='' PREV_NIFACES=0 PREV_IFACES_RAW='' PREV_IPS='' PREV_IPS_RAW='' PREV_ROUTES='' PREV_ROUTES_RAW='' PREV_DNS_RAW=''
 GC_KEY='' GC_KEEP=''
 LEASES='' LINK_LINE='' GATEWAY='' EXPECT_ADDRS='' EXPECT_ROUTES='' R2_IPS='' BRIDGE_MAC='' VETH_MAC='' IF_MAC='' MAC='' JSON_ESC='' PROBLEMS=''
@@ -101,24 +101,11 @@ ipam_add() {
 	ipam_locked add "$1" "$2"
 }
 
-# ipam_get CONTAINER_ID IFNAME: prints the pair's leases (nothing when none).
-ipam_get() {
-	ipam_valid_pair "$@" || return 1
-	ipam_locked get "$1" "$2"
-}
-
 # ipam_del CONTAINER_ID IFNAME: releases the pair's leases (or, when it has none,
 # legacy files holding only the ID). 0 also when there is nothing to release.
 ipam_del() {
 	ipam_valid_pair "$@" || return 1
 	ipam_locked del "$1" "$2"
-}
-
-# ipam_gc: stdin holds the valid attachments, "CONTAINER_ID IFNAME" per line;
-# every other lease is released.
-ipam_gc() {
-	ipam_read_valid || return 1
-	ipam_locked gc
 }
 
 # ipam_give_back CONTAINER_ID IFNAME: releases the addresses the last ipam_add in
@@ -256,19 +243,9 @@ ipam_op_add() {
 "
 		IPAM_INDEX=$((IPAM_INDEX + 1))
 	done
+	# shellcheck disable=SC2034 # for ipam_add's caller
 	IPAM_LEASES=${IPAM_OUT%?}
 	printf '%s' "$IPAM_OUT"
-}
-
-# ipam_op_get ID IFNAME: per range set, the pair's lease in it. Lock held.
-ipam_op_get() {
-	ipam_find "$1" "$2"
-	for IPAM_RANGE in $IPAM_RANGES; do
-		ipam_parse_range "$IPAM_RANGE" || return 1
-		if ipam_held_in_range; then
-			printf '%s/%s %s\n' "$IPAM_ADDR" "$IPAM_PREFIX" "$IPAM_GW_IP"
-		fi
-	done
 }
 
 # ipam_op_del ID IFNAME: removes the pair's lease files; when there are none,
@@ -301,52 +278,6 @@ ipam_op_give_back() {
 		fi
 	done
 	IPAM_TAKEN=
-	if [ "$#" -gt 0 ]; then
-		rm -f -- "$@"
-	fi
-}
-
-# ipam_read_valid: reads the valid attachments ("CONTAINER_ID IFNAME" lines)
-# from stdin into IPAM_VALID, one "ID IFNAME" and one "ID" line each (and the
-# pairs alone into IPAM_PAIRS), before the lock is taken. A malformed line is
-# an error: nothing gets released.
-ipam_read_valid() {
-	IPAM_VALID='
-'
-	IPAM_PAIRS=
-	IPAM_ID=
-	while IFS=' ' read -r IPAM_ID IPAM_IF IPAM_EXTRA || [ -n "$IPAM_ID" ]; do
-		if [ -n "$IPAM_ID$IPAM_IF" ]; then
-			if [ -n "$IPAM_EXTRA" ] || ! ipam_valid_pair "$IPAM_ID" "$IPAM_IF"; then
-				echo "ipam: gc: malformed attachment line '$IPAM_ID $IPAM_IF $IPAM_EXTRA'; nothing released" >&2
-				return 1
-			fi
-			IPAM_VALID="$IPAM_VALID$IPAM_ID $IPAM_IF
-$IPAM_ID
-"
-			IPAM_PAIRS="$IPAM_PAIRS$IPAM_ID $IPAM_IF
-"
-		fi
-		IPAM_ID=
-	done
-}
-
-# ipam_op_gc: releases every lease whose owner is not in IPAM_VALID, legacy
-# ID-only files whose ID is not, and empty files (a writer killed between
-# create and write). Files holding anything else are kept. One rm for all.
-# Lock held.
-ipam_op_gc() {
-	set --
-	for IPAM_FILE in "$IPAM_STORE"/*; do
-		ipam_is_lease_name "${IPAM_FILE##*/}" || continue
-		ipam_read_owner "$IPAM_FILE" || continue
-		case $IPAM_VALID in
-		*"
-$IPAM_OWNER
-"*) ;;
-		*) set -- "$@" "$IPAM_FILE" ;;
-		esac
-	done
 	if [ "$#" -gt 0 ]; then
 		rm -f -- "$@"
 	fi
@@ -817,159 +748,6 @@ ipam_hex() {
 }
 
 # ---------------------------------------------------------------------------
-# Reading the network configuration (CNI mode), without jq.
-#
-# CONFIG_AWK is a strict JSON reader in POSIX awk. It reads stdin (at most
-# CONFIG_MAX bytes, nested at most 32 levels) and prints records, one field a
-# line (JSON strings cannot hold a raw newline, so no field can either), with
-# strings kept as their escaped JSON text:
-#   C PATH TYPE VALUE     every top-level member (TYPE s n b z o a; o/a: VALUE empty)
-#   I INDEX NAME SANDBOX RAW   prevResult.interfaces[INDEX]
-#   A IFINDEX ADDRESS GATEWAY RAW   prevResult.ips[] (ip4/ip6 of 0.2.0: IFINDEX -)
-#   R DST GW RAW          prevResult.routes[] (and ip4/ip6.routes of 0.2.0)
-#   D RAW                 prevResult.dns
-#   G ID IFNAME           cni.dev/valid-attachments[] (and cni.dev/attachments[])
-#   K KEY                 that GC key is present and an array
-#   .                     the end (so that `$(...)` cannot strip a last empty field)
-# On invalid input it prints one line, the reason, and exits 3.
-# ---------------------------------------------------------------------------
-
-CONFIG_MAX=262144
-# shellcheck disable=SC2016 # an awk program: the $ are awk's, not the shell's
-CONFIG_AWK='
-function fail(msg) { print msg; failed = 1; exit 3 }
-function ws() { while (pos <= len && index(" \t\r\n", substr(text, pos, 1))) pos++ }
-function keypath(k) { return (k ~ /^[A-Za-z0-9_]+$/) ? "." k : "[\"" k "\"]" }
-function jstring(    out, seg, c) {
-	pos++
-	out = ""
-	for (;;) {
-		seg = substr(text, pos, 64)
-		if (seg == "") fail("unterminated string at byte " pos)
-		match(seg, /^[^"\\]*/)
-		if (RLENGTH > 0) {
-			seg = substr(seg, 1, RLENGTH)
-			if (seg ~ CTRL) fail("control character inside a string near byte " pos)
-			out = out seg
-			pos += RLENGTH
-			continue
-		}
-		c = substr(text, pos, 1)
-		if (c == "\"") { pos++; return out }
-		c = substr(text, pos + 1, 1)
-		if (index("\"\\/bfnrt", c) && c != "") { out = out "\\" c; pos += 2; continue }
-		if (c == "u" && substr(text, pos + 2, 4) ~ /^[0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f]$/) {
-			out = out substr(text, pos, 6); pos += 6; continue
-		}
-		fail("invalid escape in a string at byte " pos)
-	}
-}
-function jvalue(path, depth,    c, raw) {
-	if (depth > 32) fail("the JSON nests deeper than 32 levels")
-	if (pos > len) fail("unexpected end of input")
-	c = substr(text, pos, 1)
-	if (c == "{") return jobject(path, depth)
-	if (c == "[") return jarray(path, depth)
-	if (c == "\"") { raw = jstring(); T[path] = "s"; V[path] = raw; return "\"" raw "\"" }
-	if (match(substr(text, pos, 64), /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/)) {
-		raw = substr(text, pos, RLENGTH); pos += RLENGTH
-		T[path] = "n"; V[path] = raw; return raw
-	}
-	if (substr(text, pos, 4) == "true") { pos += 4; T[path] = "b"; V[path] = "true"; return "true" }
-	if (substr(text, pos, 5) == "false") { pos += 5; T[path] = "b"; V[path] = "false"; return "false" }
-	if (substr(text, pos, 4) == "null") { pos += 4; T[path] = "z"; V[path] = "null"; return "null" }
-	fail("invalid JSON value at byte " pos)
-}
-function jobject(path, depth,    raw, key, count, c) {
-	pos++; ws(); raw = "{"; count = 0
-	if (substr(text, pos, 1) == "}") pos++
-	else for (;;) {
-		if (substr(text, pos, 1) != "\"") fail("expected a string key at byte " pos)
-		key = jstring(); ws()
-		if (substr(text, pos, 1) != ":") fail("expected : at byte " pos)
-		pos++; ws()
-		raw = raw (count++ ? "," : "") "\"" key "\":" jvalue(path keypath(key), depth + 1)
-		ws(); c = substr(text, pos, 1); pos++
-		if (c == "}") break
-		if (c != ",") fail("expected , or } at byte " (pos - 1))
-		ws()
-	}
-	T[path] = "o"; N[path] = count; V[path] = raw "}"
-	return V[path]
-}
-function jarray(path, depth,    raw, count, c) {
-	pos++; ws(); raw = "["; count = 0
-	if (substr(text, pos, 1) == "]") pos++
-	else for (;;) {
-		raw = raw (count ? "," : "") jvalue(path "[" count "]", depth + 1)
-		count++
-		ws(); c = substr(text, pos, 1); pos++
-		if (c == "]") break
-		if (c != ",") fail("expected , or ] at byte " (pos - 1))
-		ws()
-	}
-	T[path] = "a"; N[path] = count; V[path] = raw "]"
-	return V[path]
-}
-function str(path) { return T[path] == "s" ? V[path] : "" }
-function routes(path,    i) {
-	for (i = 0; T[path] == "a" && i < N[path]; i++)
-		printf "R\n%s\n%s\n%s\n", str(path "[" i "].dst"), str(path "[" i "].gw"), V[path "[" i "]"]
-}
-function old_ip(key,    p) {
-	p = ".prevResult." key
-	if (T[p] != "o") return
-	printf "A\n-\n%s\n%s\n\n", str(p ".ip"), str(p ".gateway")
-	routes(p ".routes")
-}
-function emit(    k, i, p, keys, n) {
-	n = split(TOP, keys, " ")
-	for (k = 1; k <= n; k++) {
-		p = keys[k]
-		if (p in T) printf "C\n%s\n%s\n%s\n", p, T[p], (T[p] == "o" || T[p] == "a") ? "" : V[p]
-	}
-	p = ".prevResult"
-	if (T[p] == "o") {
-		for (i = 0; T[p ".interfaces"] == "a" && i < N[p ".interfaces"]; i++)
-			printf "I\n%d\n%s\n%s\n%s\n", i, str(p ".interfaces[" i "].name"), str(p ".interfaces[" i "].sandbox"), V[p ".interfaces[" i "]"]
-		for (i = 0; T[p ".ips"] == "a" && i < N[p ".ips"]; i++)
-			printf "A\n%s\n%s\n%s\n%s\n", (T[p ".ips[" i "].interface"] == "n") ? V[p ".ips[" i "].interface"] : "-", str(p ".ips[" i "].address"), str(p ".ips[" i "].gateway"), V[p ".ips[" i "]"]
-		old_ip("ip4"); old_ip("ip6")
-		routes(p ".routes")
-		if (T[p ".dns"] == "o") printf "D\n%s\n", V[p ".dns"]
-	}
-	n = split("[\"cni.dev/valid-attachments\"] [\"cni.dev/attachments\"]", keys, " ")
-	for (k = 1; k <= n; k++) {
-		p = keys[k]
-		if (T[p] != "a") continue
-		printf "K\n%s\n", p
-		for (i = 0; i < N[p]; i++)
-			printf "G\n%s\n%s\n", str(p "[" i "].containerID"), str(p "[" i "].ifname")
-	}
-}
-BEGIN {
-	CTRL = "[" sprintf("%c", 1) "-" sprintf("%c", 31) "]"
-	TOP = ".cniVersion .name .type .bridge .mtu .prevResult [\"cni.dev/valid-attachments\"] [\"cni.dev/attachments\"]"
-}
-{
-	text = (NR > 1) ? text "\n" $0 : $0
-	if (length(text) > max) fail("the configuration is larger than " max " bytes")
-}
-END {
-	if (failed) exit 3
-	len = length(text); pos = 1
-	ws()
-	if (pos > len) fail("stdin is empty: expected the network configuration, a JSON object")
-	if (substr(text, pos, 1) != "{") fail("the network configuration must be a JSON object")
-	jvalue("", 0)
-	ws()
-	if (pos <= len) fail("unexpected data after the JSON object at byte " pos)
-	emit()
-	print "."
-}
-'
-
-# ---------------------------------------------------------------------------
 # Output, errors and input validation.
 # ---------------------------------------------------------------------------
 
@@ -1017,12 +795,12 @@ fail() {
 	exit 1
 }
 
-# load_config: reads the network configuration on stdin (read_stdin) into the CFG_*,
-# PREV_* and GC_* globals: config_compiled knows this node's own config as libcni
+# load_config: reads the network configuration on stdin (read_stdin, unless the ADD
+# entry in main.sh.j2 did) into the CFG_*, PREV_* and GC_* globals: config_compiled knows this node's own config as libcni
 # passes it, anything else goes to CONFIG_AWK. Undecodable input is error 6
 # (CONFIG_AWK exits 3).
 load_config() {
-	read_stdin
+	[ "$STDIN_READ" = 1 ] || read_stdin
 	config_compiled && return 0
 	lc_rc=0
 	lc_records=$(awk -v max="$CONFIG_MAX" "$CONFIG_AWK" <<EOF
@@ -1049,11 +827,15 @@ $lc_records
 EOF
 }
 
-# read_stdin: CFG_TEXT, the text on stdin as CONFIG_AWK sees it: its lines joined by
+# CONFIG_MAX: the most bytes of stdin the plugin reads (CONFIG_AWK refuses more).
+CONFIG_MAX=262144
+
+# read_stdin: STDIN_READ=1 and CFG_TEXT, the text on stdin as CONFIG_AWK sees it: its lines joined by
 # newlines, without a last newline. The shell's read drops NUL bytes (JSON holds
 # none; CONFIG_AWK never sees one). Stops once past CONFIG_MAX bytes, which
 # CONFIG_AWK then refuses.
 read_stdin() {
+	STDIN_READ=1
 	CFG_TEXT=
 	rs_sep=
 	rs_line=
@@ -1091,52 +873,6 @@ config_compiled() {
 	CFG_VERSION=$cc_version
 	CFG_NAME=$PODNET_NETWORK
 	CFG_TYPE=$PODNET_TYPE
-}
-
-# config_member: the next record of a top-level member (PATH, TYPE, VALUE lines).
-config_member() {
-	IFS= read -r cm_path && IFS= read -r cm_type && IFS= read -r cm_value
-	case $cm_path in
-	.cniVersion) [ "$cm_type" = s ] && CFG_VERSION=$cm_value || CFG_VERSION="(not a string)" ;;
-	.name) CFG_NAME=$cm_value; expect_type "$cm_type" s name "a string" ;;
-	.type) CFG_TYPE=$cm_value; expect_type "$cm_type" s type "a string" ;;
-	.bridge) expect_type "$cm_type" s bridge "a string"; expect_value "$cm_value" "$BRIDGE" bridge ;;
-	.mtu) expect_type "$cm_type" n mtu "a number"; expect_value "$cm_value" "$MTU" mtu ;;
-	.prevResult) CFG_HAS_PREV=1; expect_type "$cm_type" o prevResult "an object" ;;
-	esac
-}
-
-# expect_type TYPE WANT KEY WHAT: a config member of the wrong JSON type is error 7.
-expect_type() {
-	[ "$1" = "$2" ] || fail "$E_CONFIG" "invalid network configuration: \"$3\" must be $4"
-}
-
-# expect_value GOT WANT KEY: a member that differs from this node's compiled config is error 7.
-expect_value() {
-	[ "$1" = "$2" ] || fail "$E_CONFIG" "network configuration mismatch: \"$3\" is $1 but node's compiled config says $2" \
-		"install the config compiled for this node, or recompile with podnet"
-}
-
-# prev_interface: prevResult.interfaces[i] (INDEX NAME SANDBOX RAW lines).
-prev_interface() {
-	IFS= read -r pi_idx && IFS= read -r pi_name && IFS= read -r pi_sandbox && IFS= read -r pi_raw
-	PREV_IFACES="$PREV_IFACES$pi_idx $pi_name $pi_sandbox$NL"
-	PREV_IFACES_RAW="$PREV_IFACES_RAW$pi_raw,"
-	PREV_NIFACES=$((PREV_NIFACES + 1))
-}
-
-# prev_ip: prevResult.ips[i] or ip4/ip6 (IFINDEX ADDRESS GATEWAY RAW lines).
-prev_ip() {
-	IFS= read -r pp_idx && IFS= read -r pp_addr && IFS= read -r pp_gw && IFS= read -r pp_raw
-	PREV_IPS="$PREV_IPS$pp_idx $pp_addr $pp_gw$NL"
-	[ -z "$pp_raw" ] || PREV_IPS_RAW="$PREV_IPS_RAW$pp_raw,"
-}
-
-# prev_route: prevResult.routes[i] (DST GW RAW lines).
-prev_route() {
-	IFS= read -r pr_dst && IFS= read -r pr_gw && IFS= read -r pr_raw
-	PREV_ROUTES="$PREV_ROUTES$pr_dst $pr_gw$NL"
-	PREV_ROUTES_RAW="$PREV_ROUTES_RAW$pr_raw,"
 }
 
 # check_version: the requested cniVersion is one this plugin speaks (else error 1);
@@ -1399,13 +1135,15 @@ EOF
 	# was newly taken (not leased to the pair before)
 	IPAM_TAKEN=${al_lease#* }
 	al_lease=${al_lease%% *}
-	if host_side_done "$al_out"; then
+	al_done=0
+	host_side_done "$al_out" && al_done=1
+	if [ "$al_done" = 1 ]; then
 		[ "$al_lease" != 0 ] || ADD_LEASE=1
 	elif [ "$al_lease" = 0 ]; then
 		# (a lease that cannot be given back is this ADD's to undo)
 		[ -z "$IPAM_TAKEN" ] || ipam_give_back "$CID" "$IFNAME" || ADD_LEASE=1
 	fi
-	if ! host_side_done "$al_out"; then
+	if [ "$al_done" = 0 ]; then
 		# iproute2 names the failed line: line 1 created nothing, a later one leaves a
 		# pair to undo. An argument it rejects (a missing bridge) stops it before any
 		# line runs, without a line number: then the pair is ours only if it has our alias.
@@ -1837,44 +1575,6 @@ EOF
 }
 
 # ---------------------------------------------------------------------------
-# DEL: best effort and idempotent. Unknown container, netns already gone, empty
-# CNI_NETNS, a repeated DEL: all succeed and release whatever is left.
-# ---------------------------------------------------------------------------
-
-# cmd_del: removes CID's IFNAME (the veth pair) and releases its leases, side by
-# side: the kernel takes most of DEL's time removing the pair, and the leases do not
-# depend on it (the reference plugin, too, releases them first).
-cmd_del() {
-	del_links &
-	cd_links=$!
-	cd_rc=0
-	cd_out=$(ipam_del "$CID" "$IFNAME" 2>&1) || cd_rc=$?
-	wait "$cd_links" || :
-	if [ "$cd_rc" != 0 ]; then
-		fail "$E_AGAIN" "cannot release the leases of $CID/$IFNAME" "${cd_out:-see the stderr of the plugin}; retry DEL"
-	fi
-	[ "$MODE" = cni ] || printf '%s\n' "$CID: $IFNAME removed, leases released"
-}
-
-# del_links: deleting IFNAME inside the pod's netns removes the pair, and loopback
-# goes down again (ADD brought it up; a runtime's loopback plugin does the same on
-# DEL). Without the netns (gone, or CNI_NETNS empty) the host end is found by name
-# and deleted only when its alias proves it is this attachment's; a vanished netns
-# took the pair along.
-del_links() {
-	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" -batch - 2>/dev/null <<EOF; then
-link del dev $IFNAME
-link set dev lo down
-EOF
-		return 0
-	fi
-	veth_name
-	if veth_is_ours; then
-		"$IP" link del dev "$VETH" 2>/dev/null || say "could not remove $VETH"
-	fi
-}
-
-# ---------------------------------------------------------------------------
 # Entry points (direct mode's and the usage text are at the end of the file).
 # ---------------------------------------------------------------------------
 
@@ -1957,11 +1657,261 @@ sourced() {
 	return 1
 }
 
-# ---- ADD and DEL run here -------------------------------------------------------
+# ---- ADD runs here ---------------------------------------------------------------
 # dash and busybox ash read a script one top-level command at a time, parsing as
-# they go. ADD and DEL, what a runtime runs for every pod, need only what is above:
-# they run and exit here, and the shell never reads (parses) the rest of the file,
-# which only CHECK, GC, STATUS, VERSION and direct mode need.
+# they go. An ADD whose stdin is this node's compiled config as libcni passes it
+# (config_compiled), what a runtime runs for every pod, needs only what is above: it
+# runs and exits here, and the shell never reads (parses) the rest of the file. Any
+# other ADD (its config goes to the awk reader, below) and DEL run further down,
+# after what they need; CHECK, GC, STATUS, VERSION and direct mode at the end.
+if ! sourced && [ "$#" -eq 0 ] && [ "${CNI_COMMAND:-}" = ADD ]; then
+	read_stdin
+	if config_compiled; then
+		main
+		exit 0
+	fi
+fi
+
+# ---------------------------------------------------------------------------
+# Reading the network configuration (CNI mode), without jq.
+#
+# CONFIG_AWK is a strict JSON reader in POSIX awk. It reads stdin (at most
+# CONFIG_MAX bytes, nested at most 32 levels) and prints records, one field a
+# line (JSON strings cannot hold a raw newline, so no field can either), with
+# strings kept as their escaped JSON text:
+#   C PATH TYPE VALUE     every top-level member (TYPE s n b z o a; o/a: VALUE empty)
+#   I INDEX NAME SANDBOX RAW   prevResult.interfaces[INDEX]
+#   A IFINDEX ADDRESS GATEWAY RAW   prevResult.ips[] (ip4/ip6 of 0.2.0: IFINDEX -)
+#   R DST GW RAW          prevResult.routes[] (and ip4/ip6.routes of 0.2.0)
+#   D RAW                 prevResult.dns
+#   G ID IFNAME           cni.dev/valid-attachments[] (and cni.dev/attachments[])
+#   K KEY                 that GC key is present and an array
+#   .                     the end (so that `$(...)` cannot strip a last empty field)
+# On invalid input it prints one line, the reason, and exits 3.
+# ---------------------------------------------------------------------------
+
+# shellcheck disable=SC2016 # an awk program: the $ are awk's, not the shell's
+CONFIG_AWK='
+function fail(msg) { print msg; failed = 1; exit 3 }
+function ws() { while (pos <= len && index(" \t\r\n", substr(text, pos, 1))) pos++ }
+function keypath(k) { return (k ~ /^[A-Za-z0-9_]+$/) ? "." k : "[\"" k "\"]" }
+function jstring(    out, seg, c) {
+	pos++
+	out = ""
+	for (;;) {
+		seg = substr(text, pos, 64)
+		if (seg == "") fail("unterminated string at byte " pos)
+		match(seg, /^[^"\\]*/)
+		if (RLENGTH > 0) {
+			seg = substr(seg, 1, RLENGTH)
+			if (seg ~ CTRL) fail("control character inside a string near byte " pos)
+			out = out seg
+			pos += RLENGTH
+			continue
+		}
+		c = substr(text, pos, 1)
+		if (c == "\"") { pos++; return out }
+		c = substr(text, pos + 1, 1)
+		if (index("\"\\/bfnrt", c) && c != "") { out = out "\\" c; pos += 2; continue }
+		if (c == "u" && substr(text, pos + 2, 4) ~ /^[0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f]$/) {
+			out = out substr(text, pos, 6); pos += 6; continue
+		}
+		fail("invalid escape in a string at byte " pos)
+	}
+}
+function jvalue(path, depth,    c, raw) {
+	if (depth > 32) fail("the JSON nests deeper than 32 levels")
+	if (pos > len) fail("unexpected end of input")
+	c = substr(text, pos, 1)
+	if (c == "{") return jobject(path, depth)
+	if (c == "[") return jarray(path, depth)
+	if (c == "\"") { raw = jstring(); T[path] = "s"; V[path] = raw; return "\"" raw "\"" }
+	if (match(substr(text, pos, 64), /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/)) {
+		raw = substr(text, pos, RLENGTH); pos += RLENGTH
+		T[path] = "n"; V[path] = raw; return raw
+	}
+	if (substr(text, pos, 4) == "true") { pos += 4; T[path] = "b"; V[path] = "true"; return "true" }
+	if (substr(text, pos, 5) == "false") { pos += 5; T[path] = "b"; V[path] = "false"; return "false" }
+	if (substr(text, pos, 4) == "null") { pos += 4; T[path] = "z"; V[path] = "null"; return "null" }
+	fail("invalid JSON value at byte " pos)
+}
+function jobject(path, depth,    raw, key, count, c) {
+	pos++; ws(); raw = "{"; count = 0
+	if (substr(text, pos, 1) == "}") pos++
+	else for (;;) {
+		if (substr(text, pos, 1) != "\"") fail("expected a string key at byte " pos)
+		key = jstring(); ws()
+		if (substr(text, pos, 1) != ":") fail("expected : at byte " pos)
+		pos++; ws()
+		raw = raw (count++ ? "," : "") "\"" key "\":" jvalue(path keypath(key), depth + 1)
+		ws(); c = substr(text, pos, 1); pos++
+		if (c == "}") break
+		if (c != ",") fail("expected , or } at byte " (pos - 1))
+		ws()
+	}
+	T[path] = "o"; N[path] = count; V[path] = raw "}"
+	return V[path]
+}
+function jarray(path, depth,    raw, count, c) {
+	pos++; ws(); raw = "["; count = 0
+	if (substr(text, pos, 1) == "]") pos++
+	else for (;;) {
+		raw = raw (count ? "," : "") jvalue(path "[" count "]", depth + 1)
+		count++
+		ws(); c = substr(text, pos, 1); pos++
+		if (c == "]") break
+		if (c != ",") fail("expected , or ] at byte " (pos - 1))
+		ws()
+	}
+	T[path] = "a"; N[path] = count; V[path] = raw "]"
+	return V[path]
+}
+function str(path) { return T[path] == "s" ? V[path] : "" }
+function routes(path,    i) {
+	for (i = 0; T[path] == "a" && i < N[path]; i++)
+		printf "R\n%s\n%s\n%s\n", str(path "[" i "].dst"), str(path "[" i "].gw"), V[path "[" i "]"]
+}
+function old_ip(key,    p) {
+	p = ".prevResult." key
+	if (T[p] != "o") return
+	printf "A\n-\n%s\n%s\n\n", str(p ".ip"), str(p ".gateway")
+	routes(p ".routes")
+}
+function emit(    k, i, p, keys, n) {
+	n = split(TOP, keys, " ")
+	for (k = 1; k <= n; k++) {
+		p = keys[k]
+		if (p in T) printf "C\n%s\n%s\n%s\n", p, T[p], (T[p] == "o" || T[p] == "a") ? "" : V[p]
+	}
+	p = ".prevResult"
+	if (T[p] == "o") {
+		for (i = 0; T[p ".interfaces"] == "a" && i < N[p ".interfaces"]; i++)
+			printf "I\n%d\n%s\n%s\n%s\n", i, str(p ".interfaces[" i "].name"), str(p ".interfaces[" i "].sandbox"), V[p ".interfaces[" i "]"]
+		for (i = 0; T[p ".ips"] == "a" && i < N[p ".ips"]; i++)
+			printf "A\n%s\n%s\n%s\n%s\n", (T[p ".ips[" i "].interface"] == "n") ? V[p ".ips[" i "].interface"] : "-", str(p ".ips[" i "].address"), str(p ".ips[" i "].gateway"), V[p ".ips[" i "]"]
+		old_ip("ip4"); old_ip("ip6")
+		routes(p ".routes")
+		if (T[p ".dns"] == "o") printf "D\n%s\n", V[p ".dns"]
+	}
+	n = split("[\"cni.dev/valid-attachments\"] [\"cni.dev/attachments\"]", keys, " ")
+	for (k = 1; k <= n; k++) {
+		p = keys[k]
+		if (T[p] != "a") continue
+		printf "K\n%s\n", p
+		for (i = 0; i < N[p]; i++)
+			printf "G\n%s\n%s\n", str(p "[" i "].containerID"), str(p "[" i "].ifname")
+	}
+}
+BEGIN {
+	CTRL = "[" sprintf("%c", 1) "-" sprintf("%c", 31) "]"
+	TOP = ".cniVersion .name .type .bridge .mtu .prevResult [\"cni.dev/valid-attachments\"] [\"cni.dev/attachments\"]"
+}
+{
+	text = (NR > 1) ? text "\n" $0 : $0
+	if (length(text) > max) fail("the configuration is larger than " max " bytes")
+}
+END {
+	if (failed) exit 3
+	len = length(text); pos = 1
+	ws()
+	if (pos > len) fail("stdin is empty: expected the network configuration, a JSON object")
+	if (substr(text, pos, 1) != "{") fail("the network configuration must be a JSON object")
+	jvalue("", 0)
+	ws()
+	if (pos <= len) fail("unexpected data after the JSON object at byte " pos)
+	emit()
+	print "."
+}
+'
+
+# config_member: the next record of a top-level member (PATH, TYPE, VALUE lines).
+config_member() {
+	IFS= read -r cm_path && IFS= read -r cm_type && IFS= read -r cm_value
+	case $cm_path in
+	.cniVersion) [ "$cm_type" = s ] && CFG_VERSION=$cm_value || CFG_VERSION="(not a string)" ;;
+	.name) CFG_NAME=$cm_value; expect_type "$cm_type" s name "a string" ;;
+	.type) CFG_TYPE=$cm_value; expect_type "$cm_type" s type "a string" ;;
+	.bridge) expect_type "$cm_type" s bridge "a string"; expect_value "$cm_value" "$BRIDGE" bridge ;;
+	.mtu) expect_type "$cm_type" n mtu "a number"; expect_value "$cm_value" "$MTU" mtu ;;
+	.prevResult) CFG_HAS_PREV=1; expect_type "$cm_type" o prevResult "an object" ;;
+	esac
+}
+
+# expect_type TYPE WANT KEY WHAT: a config member of the wrong JSON type is error 7.
+expect_type() {
+	[ "$1" = "$2" ] || fail "$E_CONFIG" "invalid network configuration: \"$3\" must be $4"
+}
+
+# expect_value GOT WANT KEY: a member that differs from this node's compiled config is error 7.
+expect_value() {
+	[ "$1" = "$2" ] || fail "$E_CONFIG" "network configuration mismatch: \"$3\" is $1 but node's compiled config says $2" \
+		"install the config compiled for this node, or recompile with podnet"
+}
+
+# prev_interface: prevResult.interfaces[i] (INDEX NAME SANDBOX RAW lines).
+prev_interface() {
+	IFS= read -r pi_idx && IFS= read -r pi_name && IFS= read -r pi_sandbox && IFS= read -r pi_raw
+	PREV_IFACES="$PREV_IFACES$pi_idx $pi_name $pi_sandbox$NL"
+	PREV_IFACES_RAW="$PREV_IFACES_RAW$pi_raw,"
+	PREV_NIFACES=$((PREV_NIFACES + 1))
+}
+
+# prev_ip: prevResult.ips[i] or ip4/ip6 (IFINDEX ADDRESS GATEWAY RAW lines).
+prev_ip() {
+	IFS= read -r pp_idx && IFS= read -r pp_addr && IFS= read -r pp_gw && IFS= read -r pp_raw
+	PREV_IPS="$PREV_IPS$pp_idx $pp_addr $pp_gw$NL"
+	[ -z "$pp_raw" ] || PREV_IPS_RAW="$PREV_IPS_RAW$pp_raw,"
+}
+
+# prev_route: prevResult.routes[i] (DST GW RAW lines).
+prev_route() {
+	IFS= read -r pr_dst && IFS= read -r pr_gw && IFS= read -r pr_raw
+	PREV_ROUTES="$PREV_ROUTES$pr_dst $pr_gw$NL"
+	PREV_ROUTES_RAW="$PREV_ROUTES_RAW$pr_raw,"
+}
+
+# ---------------------------------------------------------------------------
+# DEL: best effort and idempotent. Unknown container, netns already gone, empty
+# CNI_NETNS, a repeated DEL: all succeed and release whatever is left.
+# ---------------------------------------------------------------------------
+
+# cmd_del: removes CID's IFNAME (the veth pair) and releases its leases, side by
+# side: the kernel takes most of DEL's time removing the pair, and the leases do not
+# depend on it (the reference plugin, too, releases them first).
+cmd_del() {
+	del_links &
+	cd_links=$!
+	cd_rc=0
+	cd_out=$(ipam_del "$CID" "$IFNAME" 2>&1) || cd_rc=$?
+	wait "$cd_links" || :
+	if [ "$cd_rc" != 0 ]; then
+		fail "$E_AGAIN" "cannot release the leases of $CID/$IFNAME" "${cd_out:-see the stderr of the plugin}; retry DEL"
+	fi
+	[ "$MODE" = cni ] || printf '%s\n' "$CID: $IFNAME removed, leases released"
+}
+
+# del_links: deleting IFNAME inside the pod's netns removes the pair, and loopback
+# goes down again (ADD brought it up; a runtime's loopback plugin does the same on
+# DEL). Without the netns (gone, or CNI_NETNS empty) the host end is found by name
+# and deleted only when its alias proves it is this attachment's; a vanished netns
+# took the pair along.
+del_links() {
+	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" -batch - 2>/dev/null <<EOF; then
+link del dev $IFNAME
+link set dev lo down
+EOF
+		return 0
+	fi
+	veth_name
+	if veth_is_ours; then
+		"$IP" link del dev "$VETH" 2>/dev/null || say "could not remove $VETH"
+	fi
+}
+
+# ---- ADD and DEL run here ---------------------------------------------------------
+# (the ADDs the entry above left: their config goes to the awk reader). The shell
+# never reads the rest of the file, which only CHECK, GC, STATUS, VERSION and direct
+# mode need.
 if ! sourced && [ "$#" -eq 0 ]; then
 	case ${CNI_COMMAND:-} in
 	ADD | DEL)
@@ -1970,6 +1920,82 @@ if ! sourced && [ "$#" -eq 0 ]; then
 		;;
 	esac
 fi
+
+# ---------------------------------------------------------------------------
+# IPAM queries for CHECK and GC (ADD and DEL do not need them, and exit before the
+# shell reads this far; see del.sh.j2). Same store, lock and format as ipam.sh.j2.
+# ---------------------------------------------------------------------------
+
+
+# ipam_get CONTAINER_ID IFNAME: prints the pair's leases (nothing when none).
+ipam_get() {
+	ipam_valid_pair "$@" || return 1
+	ipam_locked get "$1" "$2"
+}
+
+# ipam_gc: stdin holds the valid attachments, "CONTAINER_ID IFNAME" per line;
+# every other lease is released.
+ipam_gc() {
+	ipam_read_valid || return 1
+	ipam_locked gc
+}
+
+# ipam_op_get ID IFNAME: per range set, the pair's lease in it. Lock held.
+ipam_op_get() {
+	ipam_find "$1" "$2"
+	for IPAM_RANGE in $IPAM_RANGES; do
+		ipam_parse_range "$IPAM_RANGE" || return 1
+		if ipam_held_in_range; then
+			printf '%s/%s %s\n' "$IPAM_ADDR" "$IPAM_PREFIX" "$IPAM_GW_IP"
+		fi
+	done
+}
+
+# ipam_read_valid: reads the valid attachments ("CONTAINER_ID IFNAME" lines)
+# from stdin into IPAM_VALID, one "ID IFNAME" and one "ID" line each (and the
+# pairs alone into IPAM_PAIRS), before the lock is taken. A malformed line is
+# an error: nothing gets released.
+ipam_read_valid() {
+	IPAM_VALID='
+'
+	IPAM_PAIRS=
+	IPAM_ID=
+	while IFS=' ' read -r IPAM_ID IPAM_IF IPAM_EXTRA || [ -n "$IPAM_ID" ]; do
+		if [ -n "$IPAM_ID$IPAM_IF" ]; then
+			if [ -n "$IPAM_EXTRA" ] || ! ipam_valid_pair "$IPAM_ID" "$IPAM_IF"; then
+				echo "ipam: gc: malformed attachment line '$IPAM_ID $IPAM_IF $IPAM_EXTRA'; nothing released" >&2
+				return 1
+			fi
+			IPAM_VALID="$IPAM_VALID$IPAM_ID $IPAM_IF
+$IPAM_ID
+"
+			IPAM_PAIRS="$IPAM_PAIRS$IPAM_ID $IPAM_IF
+"
+		fi
+		IPAM_ID=
+	done
+}
+
+# ipam_op_gc: releases every lease whose owner is not in IPAM_VALID, legacy
+# ID-only files whose ID is not, and empty files (a writer killed between
+# create and write). Files holding anything else are kept. One rm for all.
+# Lock held.
+ipam_op_gc() {
+	set --
+	for IPAM_FILE in "$IPAM_STORE"/*; do
+		ipam_is_lease_name "${IPAM_FILE##*/}" || continue
+		ipam_read_owner "$IPAM_FILE" || continue
+		case $IPAM_VALID in
+		*"
+$IPAM_OWNER
+"*) ;;
+		*) set -- "$@" "$IPAM_FILE" ;;
+		esac
+	done
+	if [ "$#" -gt 0 ]; then
+		rm -f -- "$@"
+	fi
+}
 
 # ---------------------------------------------------------------------------
 # CHECK: the attachment is still what ADD made. The expectations come from
