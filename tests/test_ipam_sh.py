@@ -69,6 +69,21 @@ def test_last_reserved_ip_is_honoured_only_inside_the_range(shell, ipam29, tmp_p
     assert call(shell, ipam29, store, "ipam_add c1 eth0").stdout == f"10.244.1.{expected}/29 10.244.1.1\n"
 
 
+@pytest.mark.parametrize("last", ["10.244.1.3", "10.9.9.9", "", "10.244.1.3\n", "10.244.1.3\r\n", "10.244.100.100", "garbage that is longer than an address"])
+def test_last_reserved_ip_holds_exactly_the_new_address(shell, ipam29, tmp_path, last):
+    """The shell rewrites last_reserved_ip in place when the new address is at least
+    as long as the file (ext4 writes a truncated file out to disk), else truncates
+    it: either way the file holds the address and nothing else, as host-local
+    writes it."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "last_reserved_ip.0").write_text(last)
+    r = call(shell, ipam29, store, "ipam_add c1 eth0")
+    assert r.returncode == 0, r
+    address = r.stdout.split("/")[0]
+    assert (store / "last_reserved_ip.0").read_bytes() == address.encode()
+
+
 def test_second_add_of_the_same_pair_returns_its_lease(shell, ipam29, tmp_path):
     store = tmp_path / "store"
     first = call(shell, ipam29, store, "ipam_add c1 eth0").stdout
