@@ -877,8 +877,10 @@ config_compiled() {
 	"$CONFIG_HEAD"*"$CONFIG_TAIL") ;;
 	*) return 1 ;;
 	esac
-	cc_version=${CFG_TEXT#"$CONFIG_HEAD"}
-	cc_version=${cc_version%"$CONFIG_TAIL"}
+	# the tail first: dash removes a prefix in time proportional to the text's length
+	# times the prefix's, a suffix far faster
+	cc_version=${CFG_TEXT%"$CONFIG_TAIL"}
+	cc_version=${cc_version#"$CONFIG_HEAD"}
 	case $cc_version in
 	'' | *[!0-9.]*) return 1 ;;
 	esac
@@ -1135,18 +1137,9 @@ EOF
 		fail "$E_FAILED" "the host side of $IFNAME did not report" "$al_out"
 		;;
 	esac
-	# the pod side's output: what follows the report (and anything before it)
-	POD_OUT=${al_out##*"$NL$HOST_END"}
-	POD_OUT=${al_out%%"$HOST_BEGIN$NL"*}${POD_OUT#"$NL"}
-	al_out=${al_out#*"$HOST_BEGIN$NL"}
-	al_out=${al_out%"$NL$HOST_END"*}
-	# the report: ip's output, then "=STATUS TAKEN" and the leases
-	LEASES=${al_out##*"$NL="}
-	chomp "${al_out%"$NL="*}"
-	al_out=$CHOMPED
-	al_lease=${LEASES%%"$NL"*}
-	LEASES=${LEASES#"$al_lease"}
-	LEASES=${LEASES#"$NL"}
+	read_report "$al_out"
+	al_out=$REPORT_HOST
+	al_lease=$REPORT_LEASE
 	# the lease status (0 taken, 2 pool exhausted, 1 failed, - not taken), then what
 	# was newly taken (not leased to the pair before)
 	IPAM_TAKEN=${al_lease#* }
@@ -1284,72 +1277,73 @@ add_bridge() {
 	fi
 }
 
-# link_line OUTPUT NAME: sets LINK_LINE, the line of `ip -o link show` OUTPUT that
-# describes NAME ("N: NAME: <...>" or "N: NAME@PEER: <...>"); OUTPUT may also hold
-# warnings on other lines. Split in the shell, not read: `read` costs a system call
-# per byte.
-link_line() {
-	LINK_LINE=''
-	ll_rest=$1$NL
-	while [ -n "$ll_rest" ]; do
-		ll_line=${ll_rest%%"$NL"*}
-		ll_rest=${ll_rest#*"$NL"}
-		case $ll_line in
-		[0-9]*": $2: "* | [0-9]*": $2@"*)
-			LINK_LINE=$ll_line
-			return 0
-			;;
-		esac
-	done
-}
-
-# chomp TEXT: sets CHOMPED to TEXT without its trailing newlines, as $(...) drops them.
-chomp() {
-	CHOMPED=$1
-	while :; do
-		case $CHOMPED in
-		*"$NL") CHOMPED=${CHOMPED%"$NL"} ;;
-		*) return 0 ;;
-		esac
-	done
-}
-
-# mac_of LINE: sets MAC from an `ip -o link show` line (empty when it has none).
-mac_of() {
-	mo_rest=${1#*link/ether }
-	MAC=${mo_rest%% *}
-	case $MAC in
-	??:??:??:??:??:??) ;;
-	*) MAC= ;;
-	esac
-}
-
 # brief_mac OUTPUT NAME: from `ip -br link show` OUTPUT, sets LINE to NAME's line
 # ("NAME STATE MAC <FLAGS>", or "NAME@PEER ..."; empty when missing) and MAC to its
-# MAC (empty when it has none). OUTPUT may also hold warnings on other lines.
+# MAC (empty when it has none). OUTPUT may also hold warnings on other lines. Split
+# into lines by the shell: dash matches `${X#*PATTERN}` in time quadratic in X.
 brief_mac() {
 	LINE=
 	MAC=
-	bm_rest=$NL$1$NL
-	case $bm_rest in
-	*"$NL$2 "* | *"$NL$2@"*) ;;
-	*) return 0 ;;
-	esac
-	case $bm_rest in
-	*"$NL$2 "*) LINE=$2\ ${bm_rest#*"$NL$2 "} ;;
-	*) LINE=$2@${bm_rest#*"$NL$2@"} ;;
-	esac
-	LINE=${LINE%%"$NL"*}
+	bm_name=$2
 	bm_ifs=$IFS
+	IFS=$NL
+	set -f
+	# shellcheck disable=SC2086 # split into lines on purpose
+	set -- $1
+	set +f
+	IFS=$bm_ifs
+	for bm_line; do
+		case $bm_line in
+		"$bm_name "* | "$bm_name@"*)
+			LINE=$bm_line
+			break
+			;;
+		esac
+	done
+	[ -n "$LINE" ] || return 0
 	IFS=' '
+	set -f
 	# shellcheck disable=SC2086 # split on purpose: NAME STATE MAC <FLAGS>
 	set -- $LINE
+	set +f
 	IFS=$bm_ifs
 	MAC=${3:-}
 	case $MAC in
 	??:??:??:??:??:??) ;;
 	*) MAC= ;;
 	esac
+}
+
+# read_report TEXT: splits add_links_and_lease's output into REPORT_HOST (the host
+# side's output), REPORT_LEASE (the "STATUS TAKEN" line, without its '='), LEASES
+# and POD_OUT (the pod side's output: what follows HOST_END, and anything before
+# HOST_BEGIN), line by line (blank lines dropped).
+read_report() {
+	REPORT_HOST=
+	REPORT_LEASE=
+	LEASES=
+	POD_OUT=
+	rr_part=pod
+	rr_ifs=$IFS
+	IFS=$NL
+	set -f
+	# shellcheck disable=SC2086 # split into lines on purpose
+	set -- $1
+	set +f
+	IFS=$rr_ifs
+	for rr_line; do
+		case $rr_part/$rr_line in
+		*/"$HOST_BEGIN") rr_part=host ;;
+		*/"$HOST_END") rr_part=pod ;;
+		host/=*) REPORT_LEASE=${rr_line#=} rr_part=lease ;;
+		host/*) REPORT_HOST=$REPORT_HOST$rr_line$NL ;;
+		lease/*) LEASES=$LEASES$rr_line$NL ;;
+		*) POD_OUT=$POD_OUT$rr_line$NL ;;
+		esac
+	done
+	REPORT_HOST=${REPORT_HOST%"$NL"}
+	LEASES=${LEASES%"$NL"}
+	POD_OUT=${POD_OUT%"$NL"}
 }
 
 # add_lease STATUS: the lease's status (ipam_add's); LEASES holds its "ADDRESS/PREFIX
@@ -2131,6 +2125,25 @@ EOF
 	*:*) cp_out="$cp_out$NL$("$IP" -6 -n "$NS_REF" route show 2>/dev/null)" ;;
 	esac
 	check_routes "$cp_out"
+}
+
+# link_line OUTPUT NAME: sets LINK_LINE, the line of `ip -o link show` OUTPUT that
+# describes NAME ("N: NAME: <...>" or "N: NAME@PEER: <...>"); OUTPUT may also hold
+# warnings on other lines. Split in the shell, not read: `read` costs a system call
+# per byte.
+link_line() {
+	LINK_LINE=''
+	ll_rest=$1$NL
+	while [ -n "$ll_rest" ]; do
+		ll_line=${ll_rest%%"$NL"*}
+		ll_rest=${ll_rest#*"$NL"}
+		case $ll_line in
+		[0-9]*": $2: "* | [0-9]*": $2@"*)
+			LINK_LINE=$ll_line
+			return 0
+			;;
+		esac
+	done
 }
 
 # check_routes TABLE: every expected route ("DST GW") is in the pod's table, on IFNAME.
