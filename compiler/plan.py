@@ -149,7 +149,9 @@ def _node_view(topo: Topology, node: Node, config: Dict[str, Any]) -> Dict[str, 
         "pod_routes": pod_routes(node),
         "bridge_mac": bridge_mac(topo, node),
         "store_lock": f"{ipam_store(topo)}/lock",
-        # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"
+        # IPAM range sets, one per family: "SUBNET,FIRST,LAST,GATEWAY"; the plugin
+        # carries the IPv6 range code only on nodes with an IPv6 subnet (less to parse)
+        "ipam_ipv6": any(s.version == 6 for s in node.subnets),
         "ipam_ranges": [",".join((text(s), text(lo), text(hi), text(g))) for s, (lo, hi), g in zip(node.subnets, ipam_ranges(topo, node), node.gateways)],
         # The config as libcni passes it on stdin, split around the cniVersion's value:
         # the plugin recognises these bytes without running its JSON reader.

@@ -65,6 +65,8 @@ def render_ipam(tmp: Path, text: str, node: str = "node1") -> Path:
     topo = build(load_file(str(write_topology(tmp, text))))
     arts = {a.path: a for a in plan(topo)}
     view = arts[f"nodes/{node}/net-setup.sh"].data
+    # both families' code, whatever the node's subnets: tests swap in other ranges
+    view = dict(view, node=dict(view["node"], ipam_ipv6=True))
     env = _env(True)
     body = "".join(env.get_template(f"plugin/{name}.sh.j2").render(**view) for name in ("ipam", "ipam_query"))
     path = tmp / "ipam.sh"
