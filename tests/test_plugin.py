@@ -60,6 +60,9 @@ def assert_attached(node: PluginNode, pod, address: str) -> None:
     links = {l["ifname"]: l for l in node.links(pod.ns)}
     assert links[pod.ifname]["mtu"] == MTU and "UP" in links[pod.ifname]["flags"]
     assert "UP" in links["lo"]["flags"], "loopback must be up in the pod"
+    # one TX and one RX queue on each end of the pair (see add_links_and_lease)
+    (host_end,) = [l for l in node.links() if l.get("ifalias") == f"podnet:{pod.cid}/{pod.ifname}"]
+    assert [(e["num_tx_queues"], e["num_rx_queues"]) for e in (links[pod.ifname], host_end)] == [(1, 1), (1, 1)]
     node_links = {l["ifname"]: l for l in node.links()}
     assert node_links[BRIDGE]["linkinfo"]["info_kind"] == "bridge" and "UP" in node_links[BRIDGE]["flags"]
     bridge_addrs = sh(["ip", "-n", node.ns, "-o", "-4", "addr", "show", "dev", BRIDGE]).stdout

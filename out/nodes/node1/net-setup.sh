@@ -871,7 +871,11 @@ add_links_and_lease() {
 	# The node's first ADD creates the bridge before, not after a failed batch. /sys
 	# is a hint only (it may show another namespace): add_veth_refused has the say.
 	[ -n "${1:-}" ] || [ -e "/sys/class/net/$BRIDGE" ] || add_bridge
-	al_batch="link add name $VETH mtu $MTU master $BRIDGE up type veth peer name $IFNAME mtu $MTU netns $NETNS
+	# One TX and one RX queue on each end: a new veth uses one anyway, and the kernel,
+	# when not told the number, allocates one per CPU and then cuts the real number
+	# down to one, waiting for an RCU grace period per end (measured: 0.2-1.4 ms
+	# each on a busy node).
+	al_batch="link add name $VETH mtu $MTU numtxqueues 1 numrxqueues 1 master $BRIDGE up type veth peer name $IFNAME mtu $MTU numtxqueues 1 numrxqueues 1 netns $NETNS
 link set dev $VETH alias $ALIAS"
 	for al_addr in $BRIDGE_ADDRS; do
 		case $al_addr in
