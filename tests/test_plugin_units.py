@@ -63,6 +63,28 @@ def test_validators(shell, plugin):
         assert done.stdout == ("yes\n" if ok else "no\n"), f"{func} {value!r}: {done.stdout}{done.stderr}"
 
 
+LEASES_OK = ["10.244.1.5/24 10.244.1.1", "10.244.1.5/24 10.244.1.1\nfd00:1::5/64 fd00:1::1"]
+LEASES_BAD = ["", "10.244.1.5 10.244.1.1", "10.244.1.5/24", "10.244.1.5/24 10.244.1.1 x", "10.244.1.5/24  10.244.1.1",
+              "10.244.1.5/24 10.244.1.1\n*", "10.244.1.5/24 10.244.1.1\nx/1 y", "10.244.1.5/24 $(x)", " 10.244.1.5/24 10.244.1.1"]
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+def test_leases_valid_and_their_words(shell, plugin):
+    """leases_valid accepts only "ADDRESS/PREFIX GATEWAY" lines (what may go into the
+    pod side's batch; an empty LEASES has no line to refuse, add_lease refuses it);
+    the readers that split LEASES into words then pair them up."""
+    script = 'LEASES=$L; if leases_valid; then echo ok; else echo bad; fi'
+    for leases in LEASES_OK + LEASES_BAD:
+        done = source_and_run(shell, plugin, script, env={"L": leases, "PATH": "/usr/bin:/bin"})
+        expect = "ok" if leases in LEASES_OK or leases == "" else "bad"
+        assert (done.returncode, done.stdout.strip()) == (0, expect), (leases, done)
+    done = source_and_run(shell, plugin, 'LEASES=$L; gateway_for 0.0.0.0/0; printf "%s " "$GATEWAY"; gateway_for ::/0; printf "%s " "$GATEWAY"; IFNAME=eth0 POD_ROUTES="0.0.0.0/0 ::/0"; pod_batch; printf "%s" "$POD_BATCH"',
+                          env={"L": LEASES_OK[1], "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("10.244.1.1 fd00:1::1 link set dev eth0 addrgenmode none\naddr add 10.244.1.5/24 dev eth0\naddr add fd00:1::5/64 dev eth0 nodad\n"
+                           "link set dev eth0 up\nroute add 0.0.0.0/0 via 10.244.1.1 dev eth0\nroute add ::/0 via fd00:1::1 dev eth0\nlink set dev lo up\nlink show dev eth0")
+
+
 @pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
 def test_version_at_least(shell, plugin):
     versions = ["0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]

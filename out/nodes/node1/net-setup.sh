@@ -1124,32 +1124,40 @@ add_lease() {
 }
 
 # leases_valid: whether every line of LEASES is "ADDRESS/PREFIX GATEWAY" of address
-# characters (what goes into the pod side's batch).
+# characters (what goes into the pod side's batch). The functions below that read
+# LEASES rely on it: they split it into words, ADDRESS/PREFIX and GATEWAY in turn, in
+# the shell (a here-document would cost a pipe and a system call per byte).
 leases_valid() {
-	while read -r lv_addr lv_gw; do
-		case $lv_addr in
-		?*/?*) ;;
+	lv_ifs=$IFS
+	IFS=$NL
+	set -f
+	# shellcheck disable=SC2086 # split into lines on purpose
+	set -- $LEASES
+	set +f
+	IFS=$lv_ifs
+	for lv_line; do
+		case $lv_line in
+		*" "*" "* | *[!0-9a-fA-F.:/\ ]*) return 1 ;;
+		?*/?*" "?*) ;;
 		*) return 1 ;;
 		esac
-		case $lv_addr$lv_gw in
-		*[!0-9a-fA-F.:/]*) return 1 ;;
-		esac
-	done <<EOF
-$LEASES
-EOF
+	done
 }
 
 # gateway_for DST: sets GATEWAY, the leased gateway of DST's address family.
 gateway_for() {
 	GATEWAY=
-	while read -r gf_addr gf_gw; do
-		case $1 in
-		*:*) case $gf_addr in *:*) GATEWAY=$gf_gw ;; esac ;;
-		*) case $gf_addr in *.*) GATEWAY=$gf_gw ;; esac ;;
+	gf_dst=$1
+	set -f
+	# shellcheck disable=SC2086 # split on purpose: ADDRESS/PREFIX GATEWAY ...
+	set -- $LEASES
+	set +f
+	while [ "$#" -ge 2 ]; do
+		case $gf_dst/$1 in
+		*:*/*:* | *.*/*.*) GATEWAY=$2 ;;
 		esac
-	done <<EOF
-$LEASES
-EOF
+		shift 2
+	done
 }
 
 # pod_batch: sets POD_BATCH, the pod side's `ip -batch` lines for LEASES, run inside
@@ -1161,14 +1169,17 @@ EOF
 pod_batch() {
 	pb_v6=0
 	POD_BATCH=
-	while read -r pb_addr _; do
-		case $pb_addr in
-		*:*) POD_BATCH="${POD_BATCH}addr add $pb_addr dev $IFNAME nodad$NL" pb_v6=1 ;;
-		?*) POD_BATCH="${POD_BATCH}addr add $pb_addr dev $IFNAME$NL" ;;
+	set -f
+	# shellcheck disable=SC2086 # split on purpose: ADDRESS/PREFIX GATEWAY ...
+	set -- $LEASES
+	set +f
+	while [ "$#" -ge 2 ]; do
+		case $1 in
+		*:*) POD_BATCH="${POD_BATCH}addr add $1 dev $IFNAME nodad$NL" pb_v6=1 ;;
+		*) POD_BATCH="${POD_BATCH}addr add $1 dev $IFNAME$NL" ;;
 		esac
-	done <<EOF
-$LEASES
-EOF
+		shift 2
+	done
 	[ "$pb_v6" = 0 ] || POD_BATCH="link set dev $IFNAME addrgenmode none$NL$POD_BATCH"
 	POD_BATCH="${POD_BATCH}link set dev $IFNAME up$NL"
 	for pb_dst in $POD_ROUTES; do
@@ -1299,16 +1310,22 @@ print_result() {
 	pr_ifaces="$pr_ifaces,{\"name\":\"$pr_ifname\",\"mac\":\"$IF_MAC\",\"sandbox\":\"$pr_sandbox\"}"
 	pr_index=$((PREV_NIFACES + 2))
 	pr_ips=$PREV_IPS_RAW
-	while read -r pr_addr pr_gw; do
-		[ -n "$pr_addr" ] || continue
+	pr_family=0
+	if version_at_least 0.3.0 && ! version_at_least 1.0.0; then
+		pr_family=1
+	fi
+	set -f
+	# shellcheck disable=SC2086 # split on purpose: ADDRESS/PREFIX GATEWAY ...
+	set -- $LEASES
+	set +f
+	while [ "$#" -ge 2 ]; do
 		pr_version=
-		if version_at_least 0.3.0 && ! version_at_least 1.0.0; then
-			case $pr_addr in *:*) pr_version='"version":"6",' ;; *) pr_version='"version":"4",' ;; esac
+		if [ "$pr_family" = 1 ]; then
+			case $1 in *:*) pr_version='"version":"6",' ;; *) pr_version='"version":"4",' ;; esac
 		fi
-		pr_ips="$pr_ips{$pr_version\"interface\":$pr_index,\"address\":\"$pr_addr\",\"gateway\":\"$pr_gw\"},"
-	done <<EOF
-$LEASES
-EOF
+		pr_ips="$pr_ips{$pr_version\"interface\":$pr_index,\"address\":\"$1\",\"gateway\":\"$2\"},"
+		shift 2
+	done
 	pr_routes=$PREV_ROUTES_RAW
 	for pr_dst in $POD_ROUTES; do
 		pr_routes="$pr_routes{\"dst\":\"$pr_dst\"},"
@@ -1323,8 +1340,13 @@ EOF
 # family's routes.
 result_020_ips() {
 	R2_IPS=
-	while read -r r2_addr r2_gw; do
-		[ -n "$r2_addr" ] || continue
+	set -f
+	# shellcheck disable=SC2086 # split on purpose: ADDRESS/PREFIX GATEWAY ...
+	set -- $LEASES
+	set +f
+	while [ "$#" -ge 2 ]; do
+		r2_addr=$1 r2_gw=$2
+		shift 2
 		case $r2_addr in *:*) r2_key=ip6 ;; *) r2_key=ip4 ;; esac
 		r2_routes=
 		for r2_dst in $POD_ROUTES; do
@@ -1333,18 +1355,19 @@ result_020_ips() {
 			esac
 		done
 		R2_IPS="$R2_IPS,\"$r2_key\":{\"ip\":\"$r2_addr\",\"gateway\":\"$r2_gw\",\"routes\":[${r2_routes%,}]}"
-	done <<EOF
-$LEASES
-EOF
+	done
 }
 
 # print_summary: the direct mode's result, for people.
 print_summary() {
-	while read -r ps_addr ps_gw; do
-		[ -z "$ps_addr" ] || printf '%s\n' "$CID: $IFNAME in $NETNS has $ps_addr via $ps_gw"
-	done <<EOF
-$LEASES
-EOF
+	set -f
+	# shellcheck disable=SC2086 # split on purpose: ADDRESS/PREFIX GATEWAY ...
+	set -- $LEASES
+	set +f
+	while [ "$#" -ge 2 ]; do
+		printf '%s\n' "$CID: $IFNAME in $NETNS has $1 via $2"
+		shift 2
+	done
 	printf '%s\n' "$CID: host side $VETH on bridge $BRIDGE"
 }
 
