@@ -38,6 +38,7 @@ NAMES = [
     ("abc", "caf\u00e9\u00ff"),  # bytes outside printable ASCII (IFNAME may hold them)
     ("abc", "eth1"),  # differs from the next only in the last byte
     ("abc", "eth2"),
+    ("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789", "Eth9"),  # every letter and digit
 ]
 
 
