@@ -912,6 +912,7 @@ EOF
 	case $al_out in
 	*"$HOST_BEGIN$NL"*"$NL$HOST_END"*) ;;
 	*)
+		# (killed midway: what it took is unknown, so undo what the pair holds)
 		veth_is_ours && ADD_VETH=1
 		ADD_LEASE=1
 		fail "$E_FAILED" "the host side of $IFNAME did not report" "$al_out"
@@ -956,9 +957,10 @@ EOF
 	add_lease "$al_lease"
 }
 
-# HOST_BEGIN, HOST_END: the lines around add_lease_side's report. ip never prints a
-# line starting with '=' (its lines start with an interface name, or a word such as
-# Error; interface names here hold no '=').
+# HOST_BEGIN, HOST_END: the lines around add_lease_side's report. No line of the host
+# side's output starts with '=' (ip's lines there start with the bridge's or VETH's
+# name, or a word such as Error), and no pod side's line equals a marker (CNI_IFNAME
+# holds no ':' and no space).
 HOST_BEGIN='=podnet: host side'
 HOST_END='=podnet: end of host side'
 
@@ -973,12 +975,12 @@ host_side_done() {
 # the host side's output, stdout the report, fd 4 the pod side's stdin. With
 # util-linux flock it starts the pod side (an empty line to add_pod_ip: measured
 # faster than after the lease) and takes the lease right away; the Python fallback
-# cannot say what it took, so it takes the lease, and then starts the pod side,
-# only once the host side succeeded. Then reports in one
-# write: HOST_BEGIN, the host side's output, "=STATUS TAKEN" (0 taken, 2 pool
-# exhausted, 1 failed, - not taken; the addresses newly taken), the leases,
-# HOST_END. Only when the host side and the lease both succeeded does it write the
-# pod side's batch to fd 4; else the pod side does nothing.
+# cannot say what it took, so it takes the lease, and then starts the pod side, only
+# once the host side succeeded. Then it reports in one write: HOST_BEGIN, the host
+# side's output, "=STATUS TAKEN" (0 taken, 2 pool exhausted, 1 failed, - not taken;
+# the addresses newly taken), the leases, HOST_END. Only when the host side and the
+# lease both succeeded does it write the pod side's batch to fd 4; else the pod
+# side does nothing.
 add_lease_side() {
 	als_lease=-
 	LEASES=
