@@ -70,8 +70,9 @@ ADD_VETH=0 ADD_LEASE=0 AM_PID=''
 # address, holding "CONTAINER_ID\r\nIFNAME"; last_reserved_ip.N (N = range set
 # index) for round-robin; every read-modify-write happens under flock(2) on
 # IPAM_STORE/lock, the lock host-local takes, so both can share one store.
-# Callers never lock: ipam_add, ipam_get, ipam_del and ipam_gc do. They print
-# leases as "ADDRESS/PREFIX GATEWAY" lines on stdout and nothing else there.
+# Callers never lock: ipam_add, ipam_del (here), ipam_get and ipam_gc
+# (ipam_query.sh.j2) do. They print leases as "ADDRESS/PREFIX GATEWAY" lines on
+# stdout and nothing else there.
 # ---------------------------------------------------------------------------
 
 IPAM_STORE='/var/lib/cni/networks/podnet'
@@ -571,9 +572,9 @@ fail() {
 }
 
 # load_config: reads the network configuration on stdin (read_stdin, unless the ADD
-# entry in main.sh.j2 did) into the CFG_*, PREV_* and GC_* globals: config_compiled knows this node's own config as libcni
-# passes it, anything else goes to CONFIG_AWK. Undecodable input is error 6
-# (CONFIG_AWK exits 3).
+# entry in main.sh.j2 did) into the CFG_*, PREV_* and GC_* globals: config_compiled
+# knows this node's own config as libcni passes it, anything else goes to
+# CONFIG_AWK (config.sh.j2). Undecodable input is error 6 (CONFIG_AWK exits 3).
 load_config() {
 	[ "$STDIN_READ" = 1 ] || read_stdin
 	config_compiled && return 0
@@ -605,8 +606,8 @@ EOF
 # CONFIG_MAX: the most bytes of stdin the plugin reads (CONFIG_AWK refuses more).
 CONFIG_MAX=262144
 
-# read_stdin: STDIN_READ=1 and CFG_TEXT, the text on stdin as CONFIG_AWK sees it: its lines joined by
-# newlines, without a last newline. The shell's read drops NUL bytes (JSON holds
+# read_stdin: sets STDIN_READ=1 and CFG_TEXT, the text on stdin as CONFIG_AWK sees
+# it: its lines joined by newlines, without a last newline. The shell's read drops NUL bytes (JSON holds
 # none; CONFIG_AWK never sees one). Stops once past CONFIG_MAX bytes, which
 # CONFIG_AWK then refuses.
 read_stdin() {
