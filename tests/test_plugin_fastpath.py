@@ -225,3 +225,32 @@ def test_libcni_add_runs_no_awk_and_its_bytes_are_the_compiled_ones(version, net
     # libcni passes the cached result to DEL from 0.4.0 on
     assert ("prevResult" in (tmp_path / "stdin.DEL").read_text()) == (version in ("0.4.0", "1.0.0"))
     assert node.leases() == {}
+
+
+@pytest.mark.netns
+@pytest.mark.parametrize("masquerade", (False, True), ids=["plain", "masquerade"])
+@pytest.mark.parametrize("shell", ("dash", "busybox ash"))
+def test_add_of_the_compiled_config_starts_only_its_processes(shell, masquerade, netns, tmp_path):
+    """What an ADD of libcni's bytes starts on a node that has its bridge, lease store
+    and masquerade rule (after its first ADD), counted with strace: the two `ip` (host
+    side, pod side), `flock` for the lease and, with masquerade on, `iptables -C`; no
+    awk, cat, grep, rm or python. Guards the design's process count against a helper
+    creeping in; the result is still complete."""
+    if not have("strace"):
+        pytest.skip("needs strace")
+    from plugin_node import PluginNode
+
+    node = PluginNode(netns, tmp_path, masquerade=masquerade, shell=shell)
+    stdin = libcni_bytes(node.conf, node.conf["cniVersion"])
+    first, pod = node.new_pod(), node.new_pod()
+    assert node.cni("ADD", first, stdin=stdin).rc == 0  # creates the bridge, the store, the rule
+    trace = tmp_path / "trace"
+    added = node.cni("ADD", pod, stdin=stdin, script=f'exec strace -f -qq -z -e trace=execve -o {trace} $PLUGIN_SHELL "$PLUGIN"')
+    assert added.rc == 0, added
+    execs = [os.path.basename(e) for e in re.findall(r'execve\("([^"]+)"', trace.read_text())]
+    assert sorted(execs[1:]) == sorted(["ip", "ip", "flock"] + (["iptables"] if masquerade else [])), execs  # [0]: the shell
+    result = added.json
+    assert [i["name"] for i in result["interfaces"]][::2] == [node.conf["bridge"], pod.ifname] and len(result["ips"]) == 1, result
+    assert all(re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", i["mac"]) for i in result["interfaces"]), result
+    for p in (pod, first):
+        assert node.cni("DEL", p).rc == 0
