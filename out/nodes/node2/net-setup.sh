@@ -577,6 +577,8 @@ fail() {
 # CONFIG_AWK (config.sh.j2). Undecodable input is error 6 (CONFIG_AWK exits 3).
 load_config() {
 	[ "$STDIN_READ" = 1 ] || read_stdin
+	# (CFG_VERSION is set once the ADD entry point has matched the compiled config)
+	[ -z "$CFG_VERSION" ] || return 0
 	config_compiled && return 0
 	lc_rc=0
 	lc_records=$(awk -v max="$CONFIG_MAX" "$CONFIG_AWK" <<EOF
@@ -928,6 +930,7 @@ EOF
 	al_lease=${al_lease%% *}
 	al_done=0
 	host_side_done "$al_out" && al_done=1
+	VETH_MAC=$MAC
 	if [ "$al_done" = 1 ]; then
 		[ "$al_lease" != 0 ] || ADD_LEASE=1
 	elif [ "$al_lease" = 0 ]; then
@@ -953,8 +956,6 @@ EOF
 	ADD_VETH=1
 	brief_mac "$al_out" "$BRIDGE"
 	BRIDGE_MAC=$MAC
-	brief_mac "$al_out" "$VETH"
-	VETH_MAC=$MAC
 	add_lease "$al_lease"
 }
 
@@ -966,7 +967,7 @@ HOST_BEGIN='=podnet: host side'
 HOST_END='=podnet: end of host side'
 
 # host_side_done OUTPUT: whether the host side's batch ran to its end: ip stops at
-# the first failed line, and the last line shows VETH.
+# the first failed line, and the last line shows VETH (whose MAC it leaves in MAC).
 host_side_done() {
 	brief_mac "$1" "$VETH"
 	[ -n "$LINE" ]
@@ -999,13 +1000,15 @@ add_lease_side() {
 		als_line=
 	done
 	als_out=${als_out%"$NL"}${als_line}
-	if [ "$als_lease" = - ] && host_side_done "$als_out"; then
+	als_done=0
+	host_side_done "$als_out" && als_done=1
+	if [ "$als_lease" = - ] && [ "$als_done" = 1 ]; then
 		als_lease=0
 		LEASES=$(ipam_add "$CID" "$IFNAME") || als_lease=$?
 		[ "$als_lease" != 0 ] || echo >&4
 	fi
 	printf '%s\n' "$HOST_BEGIN" "$als_out" "=$als_lease ${IPAM_TAKEN# }${LEASES:+$NL$LEASES}" "$HOST_END"
-	if [ "$als_lease" = 0 ] && host_side_done "$als_out" && leases_valid; then
+	if [ "$als_lease" = 0 ] && [ "$als_done" = 1 ] && leases_valid; then
 		pod_batch
 		printf '%s\n' "$POD_BATCH" >&4
 	fi
