@@ -12,8 +12,13 @@ Figures:
   * 32 ADDs (then 32 DELs) in parallel: wall time of the batch, median of 5
     interleaved rounds;
   * processes started per ADD (execve calls, counted with strace -f);
-  * the floor of podnet's design (bench/floor-plugin.sh: dash and the same two
-    `ip -batch` processes, nothing else), timed in the same rounds.
+  * the floor of podnet's design (bench/floor-plugin.sh: dash, the same two
+    `ip -batch` processes and the lease under host-local's lock, nothing else),
+    timed in the same rounds;
+  * where podnet's ADD spends its time before its first fork: the compiled plugin
+    cut short after each step (an `exit 0` inserted), each cut run many times in
+    the node with libcni's stdin and environment; a step's share is the difference
+    between consecutive cuts.
 
 usage: python bench/bench_plugin.py [--rounds 30] [--parallel 32] [--parallel-rounds 5]   (root; `make driver` first)
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -103,6 +109,60 @@ def forks(spaces: Namespaces, node, tag: str) -> int:
     return execs - 1
 
 
+# Where the prologue is cut: (what the step does, the text in the generated plugin,
+# whether `exit 0` goes before it (else after it)). Each cut exits before anything
+# is created: the last one stops just before add_links_and_lease forks, once the
+# bridge was found (the warm-up ADD created it).
+PROLOGUE_CUTS = [
+    ("exec and dash start (the loop's fork included)", "set -eu\n", False),
+    ("parse and define the code before ADD's entry", 'if ! sourced && [ "$#" -eq 0 ] && [ "${CNI_COMMAND:-}" = ADD ]; then\n', True),
+    ("read stdin, match the compiled config", "\tif config_compiled; then\n", False),
+    ("find ip, check the version, validate the environment", "cmd_add() {\n", False),
+    ("veth name (FNV-1a of ID/IFNAME)", "\tveth_name\n\tadd_masquerade_check\n", False),
+    ("the host side's batch, up to the first fork", "\tal_out=$(\n", True),
+]
+
+
+def prologue(node, pod: Pod, runs: int = 200, rounds: int = 5) -> None:
+    """Prints the share of each step of podnet's ADD before its first fork."""
+    script = (node.bin_dirs[0] / node.plugin["type"]).read_text()
+    head = re.search(r"^CONFIG_HEAD='([^']*)'$", script, re.M)
+    tail = re.search(r"^CONFIG_TAIL='([^']*)'$", script, re.M)
+    if not head or not tail:
+        print("prologue: the plugin has no compiled config to match; not measured")
+        return
+    cut_dir = node.root / "cuts"
+    cut_dir.mkdir()
+    (cut_dir / "stdin.json").write_text(f"{head.group(1)}{node.cni_version}{tail.group(1)}")
+    for i, (label, anchor, before) in enumerate(PROLOGUE_CUTS):
+        if script.count(anchor) != 1:
+            print(f"prologue: cannot find where to cut after {label!r}; not measured")
+            return
+        at = script.index(anchor) + (0 if before else len(anchor))
+        (cut_dir / f"cut{i}").write_text(script[:at] + "exit 0\n" + script[at:])
+    loop = ('i=0; t0=$(date +%s%N); while [ "$i" -lt "$RUNS" ]; do '
+            '/bin/sh "$CUT" <"$CUTS/stdin.json" >/dev/null 2>&1 || exit 1; i=$((i + 1)); done; '
+            't1=$(date +%s%N); echo $(((t1 - t0) / RUNS))')
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": pod.cid, "CNI_NETNS": pod.path, "CNI_IFNAME": pod.ifname,
+           "CNI_PATH": node.cni_path, "CUTS": str(cut_dir), "RUNS": str(runs)}
+    times: List[List[float]] = [[] for _ in PROLOGUE_CUTS]
+    for _ in range(rounds):
+        for i in range(len(PROLOGUE_CUTS)):
+            done = node.sh(loop, env=dict(env, CUT=str(cut_dir / f"cut{i}")))
+            if done.returncode != 0:
+                print(f"prologue: cut {i} failed: {done.stderr.strip()}; not measured")
+                return
+            times[i].append(int(done.stdout) / 1e6)
+    medians = [statistics.median(t) for t in times]
+    code = sum(len(line) + 1 for line in script[:script.index(PROLOGUE_CUTS[1][1])].splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    size = script.index(PROLOGUE_CUTS[1][1])
+    print(f"where podnet's ADD spends its time before its first fork (the plugin cut short after each step, "
+          f"{runs} runs per cut, median of {rounds} rounds; parsed before ADD's entry: {size / 1024:.0f} KiB, {code / 1024:.0f} KiB of it code):")
+    for i, (label, _, _) in enumerate(PROLOGUE_CUTS):
+        share = medians[i] - (medians[i - 1] if i else 0)
+        print(f"  {label:55s} {medians[i]:5.2f} ms  ({'+' if i else ''}{share:.2f})")
+
+
 def install_floor(podnet, root: Path) -> CniNode:
     """bench/floor-plugin.sh as plugin type "podnet-floor" in podnet's node (its
     bridge, made by podnet's warm-up ADD, is the one the floor plugin uses)."""
@@ -154,7 +214,8 @@ def main() -> None:
             if "floor" in times:
                 for command in ("ADD", "DEL"):
                     fl, rf = statistics.median(times["floor"][command]), statistics.median(times["reference"][command])
-                    print(f"floor of the design {command:5s} {stats(times['floor'][command])}  (dash + the same two ip -batch, nothing else)  ratio to reference {fl / rf:.2f}")
+                    print(f"floor of the design {command:5s} {stats(times['floor'][command])}  (dash + the same two ip -batch + the locked lease, nothing else)  ratio to reference {fl / rf:.2f}")
+                prologue(nodes["podnet"], new_pod(spaces, "cut"))
             if masq:
                 for name, node in nodes.items():
                     print(f"processes started per ADD ({name}): {forks(spaces, node, name[:3])}")
