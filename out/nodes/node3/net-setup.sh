@@ -1002,9 +1002,9 @@ host_side_done() {
 # cannot say what it took, so it takes the lease, and then starts the pod side, only
 # once the host side succeeded. Then it reports in one write: HOST_BEGIN, the host
 # side's output, "=STATUS TAKEN" (0 taken, 2 pool exhausted, 1 failed, - not taken;
-# the addresses newly taken), the leases, HOST_END. Only when the host side and the
-# lease both succeeded does it write the pod side's batch to fd 4; else the pod
-# side does nothing.
+# the addresses newly taken), the leases, HOST_END. The pod side's batch is made as
+# soon as the lease is valid; only when the host side and the lease both succeeded
+# is it written to fd 4; else the pod side does nothing.
 add_lease_side() {
 	als_lease=-
 	LEASES=
@@ -1015,6 +1015,9 @@ add_lease_side() {
 		ipam_add "$CID" "$IFNAME" >/dev/null || als_lease=$?
 		LEASES=$IPAM_LEASES
 	fi
+	# the pod side's batch, made while the host side runs
+	POD_BATCH=
+	[ "$als_lease" != 0 ] || ! leases_valid || pod_batch
 	als_out=
 	als_line=
 	while IFS= read -r als_line; do
@@ -1027,11 +1030,11 @@ add_lease_side() {
 	if [ "$als_lease" = - ] && [ "$als_done" = 1 ]; then
 		als_lease=0
 		LEASES=$(ipam_add "$CID" "$IFNAME") || als_lease=$?
+		[ "$als_lease" != 0 ] || ! leases_valid || pod_batch
 		[ "$als_lease" != 0 ] || echo >&4
 	fi
 	printf '%s\n' "$HOST_BEGIN" "$als_out" "=$als_lease ${IPAM_TAKEN# }${LEASES:+$NL$LEASES}" "$HOST_END"
-	if [ "$als_lease" = 0 ] && [ "$als_done" = 1 ] && leases_valid; then
-		pod_batch
+	if [ "$als_lease" = 0 ] && [ "$als_done" = 1 ] && [ -n "$POD_BATCH" ]; then
 		printf '%s\n' "$POD_BATCH" >&4
 	fi
 }
