@@ -156,6 +156,7 @@ def _node_view(topo: Topology, node: Node, config: Dict[str, Any]) -> Dict[str, 
         # The config as libcni passes it on stdin, split around the cniVersion's value:
         # the plugin recognises these bytes without running its JSON reader.
         "libcni_config": libcni_config(topo, node, config),
+        "libcni_del_config": libcni_del_config(topo, node, config),
     }
 
 
@@ -302,6 +303,28 @@ def libcni_config(topo: Topology, node: Node, config: Optional[Dict[str, Any]] =
         return ("", "")
     head, tail = encoded.split(mark)
     return (head + '"', '"' + tail)
+
+
+_PREV_MARK = "@PREV-RESULT@"
+
+
+def libcni_del_config(topo: Topology, node: Node, config: Optional[Dict[str, Any]] = None) -> Tuple[str, str]:
+    """(mid, tail): with a previous result, which libcni passes to DEL from cniVersion
+    0.4.0 on, the plugin's stdin is head + CNI_VERSION + mid + PREV_RESULT + tail
+    (head as in libcni_config; "prevResult" is one more key of the sorted object).
+    ("", "") when libcni_config has none."""
+    conf = cni_config(topo, node) if config is None else config
+    head, _ = libcni_config(topo, node, conf)
+    if not head:
+        return ("", "")
+    plugin = conf["plugins"][0] if "plugins" in conf else dict(conf)
+    plugin = {**plugin, "name": topo.network.name, "cniVersion": _VERSION_MARK, "prevResult": _PREV_MARK}
+    encoded = json.dumps(plugin, sort_keys=True, separators=(",", ":"))
+    version, prev = json.dumps(_VERSION_MARK), json.dumps(_PREV_MARK)
+    before, rest = encoded.split(version)
+    mid, tail = rest.split(prev)
+    assert before + '"' == head and encoded.count(prev) == 1
+    return ('"' + mid, tail)
 
 
 def cni_config(topo: Topology, node: Node) -> Dict[str, Any]:

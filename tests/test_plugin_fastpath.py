@@ -198,7 +198,7 @@ def test_the_fast_path_is_taken_exactly_when_every_string_is_plain(monkeypatch):
 @pytest.mark.parametrize("version", ("0.2.0", "0.3.1", "0.4.0", "1.0.0"))
 def test_libcni_add_runs_no_awk_and_its_bytes_are_the_compiled_ones(version, netns, tmp_path):
     """Through libcni: ADD's stdin is exactly the compiled bytes and starts no awk;
-    DEL works either way."""
+    nor does DEL, whose config carries the cached result from 0.4.0 on."""
     from peers import Pod, compile_topology, driver_available, install_podnet, topology_yaml
 
     ok, why = driver_available()
@@ -224,6 +224,7 @@ def test_libcni_add_runs_no_awk_and_its_bytes_are_the_compiled_ones(version, net
     assert node.driver("del", pod).rc == 0
     # libcni passes the cached result to DEL from 0.4.0 on
     assert ("prevResult" in (tmp_path / "stdin.DEL").read_text()) == (version in ("0.4.0", "1.0.0"))
+    assert not (tmp_path / "awk.log").exists(), "DEL through libcni ran awk"
     assert node.leases() == {}
 
 
@@ -254,3 +255,105 @@ def test_add_of_the_compiled_config_starts_only_its_processes(shell, masquerade,
     assert all(re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", i["mac"]) for i in result["interfaces"]), result
     for p in (pod, first):
         assert node.cni("DEL", p).rc == 0
+
+
+# ---- DEL: the compiled config with the cached result (libcni, 0.4.0 on) ----------------
+
+PREV_RESULT = {
+    "cniVersion": "1.0.0",
+    "interfaces": [{"name": "br-pods", "mac": "02:00:00:00:00:01"}, {"name": "veth123", "mac": "02:00:00:00:00:02"},
+                   {"name": "eth0", "mac": "02:00:00:00:00:03", "sandbox": "/run/netns/p"}],
+    "ips": [{"interface": 2, "address": "10.244.1.10/24", "gateway": "10.244.1.1"}],
+    "routes": [{"dst": "0.0.0.0/0"}],
+    "dns": {"nameservers": ["10.96.0.10"], "search": ["a.svc"], "options": ["ndots:5"]},
+    "flags": [True, False, None, -1.5e3, 0],
+    "empty": [{}, [], ""],
+}
+
+# What DEL uses of load_config and check_version (it never reads the previous result).
+DEL_DUMP = ('COMMAND=DEL; load_config; check_version; for v in CFG_VERSION CFG_NAME CFG_TYPE CFG_HAS_PREV REPLY_VERSION; '
+            'do eval "printf \'%s=[%s]\\n\' $v \\"\\$$v\\""; done')
+
+
+def del_bytes(conf: dict, version: str, prev=PREV_RESULT) -> str:
+    """libcni's DEL stdin: the plugin object with name, cniVersion and prevResult
+    injected (Go: keys sorted, compact; the result itself in its struct's order)."""
+    plugin = conf["plugins"][0] if "plugins" in conf else conf
+    text = json.dumps({**plugin, "name": conf["name"], "cniVersion": version, "prevResult": "@PREV@"}, sort_keys=True, separators=(",", ":"))
+    return text.replace('"@PREV@"', prev if isinstance(prev, str) else json.dumps(prev, separators=(",", ":")))
+
+
+def load_del(shell, compiled, text: str, awk_only: bool = False):
+    plugin, _, tmp = compiled
+    log = tmp / "awk.log"
+    log.unlink(missing_ok=True)
+    script = 'awk() { echo called >>"$AWK_LOG"; command awk "$@"; }; ' + ("CONFIG_PREV_MID=''; " if awk_only else "") + DEL_DUMP
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AWK_LOG": str(log), "LC_ALL": "C"}
+    done = subprocess.run([*shell, "-c", f'. "$1"; {script}', "sh", str(plugin)], input=text, capture_output=True, text=True, env=env)
+    return (done.returncode, done.stdout), log.exists()
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+def test_del_with_the_cached_result_skips_awk_and_sets_what_awk_sets(shell, compiled):
+    conf = compiled[1]
+    for version in ("0.4.0", "1.0.0", "1.1.0"):
+        for prev in (PREV_RESULT, {}, {"cniVersion": version, "interfaces": [], "ips": []}):
+            text = del_bytes(conf, version, prev)
+            fast, awk_called = load_del(shell, compiled, text)
+            assert not awk_called, f"{version} {prev}: DEL's config went to awk"
+            slow, awk_called = load_del(shell, compiled, text, awk_only=True)
+            assert awk_called
+            assert fast == slow and fast[0] == 0, (version, fast, slow)
+            assert f"CFG_VERSION=[{version}]" in fast[1] and "CFG_HAS_PREV=[1]" in fast[1]
+
+
+def del_deviations(conf: dict) -> dict:
+    prev = json.dumps(PREV_RESULT, separators=(",", ":"))
+    text = del_bytes(conf, "1.0.0")
+    return {
+        # keys smuggled behind the result: the object must end where the config's tail begins
+        "key after the result": del_bytes(conf, "1.0.0", '{"a":1},"type":"other","b":{"c":2}'),
+        "name after the result": del_bytes(conf, "1.0.0", '{"a":1},"name":"other","b":{}'),
+        "escaped quote": del_bytes(conf, "1.0.0", '{"a":"x\\"},\\"y"}'),
+        "brackets crossed": del_bytes(conf, "1.0.0", '{"a":[1}]}'),
+        "bracket closing a brace": del_bytes(conf, "1.0.0", '{"a":{"b":1]}'),
+        "unclosed": del_bytes(conf, "1.0.0", '{"a":{"b":1}'),
+        "closed twice": del_bytes(conf, "1.0.0", '{"a":1}}'),
+        "object, then array": del_bytes(conf, "1.0.0", '{"a":1}[2]'),
+        "two empty objects": del_bytes(conf, "1.0.0", "{}{}"),
+        "an array": del_bytes(conf, "1.0.0", "[1,2]"),
+        "a string": del_bytes(conf, "1.0.0", '"x"'),
+        "null": del_bytes(conf, "1.0.0", "null"),
+        "word outside strings": del_bytes(conf, "1.0.0", '{"a":nope}'),
+        "spaces": del_bytes(conf, "1.0.0", json.dumps(PREV_RESULT)),
+        "newline in it": del_bytes(conf, "1.0.0", prev.replace(",", ",\n", 1)),
+        "non-ASCII in a string": del_bytes(conf, "1.0.0", '{"a":"\u00e9"}'),
+        "odd quotes": del_bytes(conf, "1.0.0", '{"a":"b}'),
+        "other name": text.replace('"name":"pods.a-1"', '"name":"other"'),
+        "other type": text.replace('"type":"podnet"', '"type":"bridge"'),
+        "unsupported version": del_bytes(conf, "9.9.9"),
+        "result first": '{"prevResult":' + prev + "," + libcni_bytes(conf, "1.0.0")[1:],
+        "trailing garbage": text + "x",
+        "two configs": text + text,
+    }
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+def test_any_other_del_config_goes_to_awk(shell, compiled):
+    for what, text in del_deviations(compiled[1]).items():
+        seen, awk_called = load_del(shell, compiled, text)
+        assert awk_called, f"{what}: skipped awk"
+        assert seen == load_del(shell, compiled, text, awk_only=True)[0], what
+
+
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+def test_only_del_skips_awk_with_a_previous_result(shell, compiled):
+    """ADD (chained) and CHECK use the previous result: awk reads it."""
+    plugin, conf, tmp = compiled
+    log = tmp / "awk.log"
+    for command in ("ADD", "CHECK"):
+        log.unlink(missing_ok=True)
+        script = f'awk() {{ echo called >>"$AWK_LOG"; command awk "$@"; }}; COMMAND={command}; load_config; echo "$PREV_NIFACES"'
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AWK_LOG": str(log), "LC_ALL": "C"}
+        done = subprocess.run([*shell, "-c", f'. "$1"; {script}', "sh", str(plugin)], input=del_bytes(conf, "1.0.0"), capture_output=True, text=True, env=env)
+        assert done.returncode == 0 and done.stdout == "3\n" and log.exists(), (command, done.stdout, done.stderr)
