@@ -902,9 +902,13 @@ fnv1a() {
 #
 # The host side, one `ip -batch`, starts first: the veth pair, its peer created
 # directly inside the pod's netns as IFNAME (much faster than moving it), MTU on both
-# ends, the host end on the bridge, up and marked with ALIAS; the bridge's gateway
-# address(es) and up state; both links shown (brief: one short line each, MAC
-# included). Meanwhile add_lease_side lets add_pod_ip start the pod side's `ip`,
+# ends, the host end on the bridge and marked with ALIAS; the bridge's gateway
+# address(es) and up state; the host end shown while it is down, then brought up;
+# the bridge shown last, so its line proves the batch ran to its end (brief: one
+# short line each, MAC included). The host end is shown before it is up: showing a
+# link up without carrier (its peer is not up yet) makes the kernel first settle the
+# pending carrier event, an RCU grace period (measured: the host side's `ip` 2.1 ms
+# against 1.7 ms this way). Meanwhile add_lease_side lets add_pod_ip start the pod side's `ip`,
 # which enters the pod's netns and waits for its batch, and takes the lease. Once
 # the host side is done, add_lease_side reports (HOST_BEGIN ... HOST_END, one write)
 # and, when the host side and the lease both succeeded, hands the pod side its
@@ -923,7 +927,7 @@ add_links_and_lease() {
 	# when not told the number, allocates one per CPU and then cuts the real number
 	# down to one, waiting for an RCU grace period per end (measured: 0.2-1.4 ms
 	# each on a busy node).
-	al_batch="link add name $VETH mtu $MTU numtxqueues 1 numrxqueues 1 master $BRIDGE up type veth peer name $IFNAME mtu $MTU numtxqueues 1 numrxqueues 1 netns $NETNS
+	al_batch="link add name $VETH mtu $MTU numtxqueues 1 numrxqueues 1 master $BRIDGE type veth peer name $IFNAME mtu $MTU numtxqueues 1 numrxqueues 1 netns $NETNS
 link set dev $VETH alias $ALIAS"
 	for al_addr in $BRIDGE_ADDRS; do
 		case $al_addr in
@@ -932,7 +936,7 @@ link set dev $VETH alias $ALIAS"
 		*) al_batch="$al_batch${NL}addr replace $al_addr dev $BRIDGE" ;;
 		esac
 	done
-	al_batch="$al_batch${NL}link set dev $BRIDGE up${NL}link show dev $BRIDGE${NL}link show dev $VETH"
+	al_batch="$al_batch${NL}link set dev $BRIDGE up${NL}link show dev $VETH${NL}link set dev $VETH up${NL}link show dev $BRIDGE"
 	POD_RC=0
 	al_out=$(
 		exec 3>&1
@@ -958,7 +962,7 @@ EOF
 	al_lease=${al_lease%% *}
 	al_done=0
 	host_side_done "$al_out" && al_done=1
-	VETH_MAC=$MAC
+	BRIDGE_MAC=$MAC
 	if [ "$al_done" = 1 ]; then
 		[ "$al_lease" != 0 ] || ADD_LEASE=1
 	elif [ "$al_lease" = 0 ]; then
@@ -982,8 +986,8 @@ EOF
 		return 0
 	fi
 	ADD_VETH=1
-	brief_mac "$al_out" "$BRIDGE"
-	BRIDGE_MAC=$MAC
+	brief_mac "$al_out" "$VETH"
+	VETH_MAC=$MAC
 	add_lease "$al_lease"
 }
 
@@ -995,9 +999,10 @@ HOST_BEGIN='=podnet: host side'
 HOST_END='=podnet: end of host side'
 
 # host_side_done OUTPUT: whether the host side's batch ran to its end: ip stops at
-# the first failed line, and the last line shows VETH (whose MAC it leaves in MAC).
+# the first failed line, and the last line shows the bridge (whose MAC it leaves in
+# MAC).
 host_side_done() {
-	brief_mac "$1" "$VETH"
+	brief_mac "$1" "$BRIDGE"
 	[ -n "$LINE" ]
 }
 
