@@ -66,18 +66,25 @@ def compiled(request, tmp_path_factory):
     return node / "net-setup.sh", json.loads(conf_file.read_text()), tmp
 
 
-def load(shell, compiled, text: str, awk_only: bool = False):
-    """(variables, awk was called) after load_config reads `text` on stdin;
-    `awk_only` disables the fast path (the reference to compare with)."""
+def sourced_run(shell, compiled, script: str, text: str):
+    """(status, stdout, awk was called): `script` run with the plugin sourced and
+    `text` on stdin."""
     plugin, _, tmp = compiled
     log = tmp / "awk.log"
     log.unlink(missing_ok=True)
     # a function named awk records the call (busybox ash would run its own applet,
     # not an awk found in PATH)
-    script = 'awk() { echo called >>"$AWK_LOG"; command awk "$@"; }; ' + ("CONFIG_HEAD=''; " if awk_only else "") + DUMP
+    script = 'awk() { echo called >>"$AWK_LOG"; command awk "$@"; }; ' + script
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AWK_LOG": str(log), "LC_ALL": "C"}
     done = subprocess.run([*shell, "-c", f'. "$1"; {script}', "sh", str(plugin)], input=text, capture_output=True, text=True, env=env)
-    return (done.returncode, done.stdout), log.exists()
+    return done.returncode, done.stdout, log.exists()
+
+
+def load(shell, compiled, text: str, awk_only: bool = False):
+    """(variables, awk was called) after load_config reads `text` on stdin;
+    `awk_only` disables the fast path (the reference to compare with)."""
+    rc, out, awk_called = sourced_run(shell, compiled, ("CONFIG_HEAD=''; " if awk_only else "") + DUMP, text)
+    return (rc, out), awk_called
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
@@ -132,12 +139,17 @@ def deviations(conf: dict) -> dict:
     }
 
 
+def assert_all_go_to_awk(shell, compiled, cases: dict, loader=load) -> None:
+    """Each text goes to awk, and the fast path changes nothing of what it sets."""
+    for what, text in cases.items():
+        seen, awk_called = loader(shell, compiled, text)
+        assert awk_called, f"{what}: skipped awk"
+        assert seen == loader(shell, compiled, text, awk_only=True)[0], what
+
+
 @pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
 def test_any_deviation_goes_to_awk(shell, compiled):
-    for what, text in deviations(compiled[1]).items():
-        seen, awk_called = load(shell, compiled, text)
-        assert awk_called, f"{what}: skipped awk"
-        assert seen == load(shell, compiled, text, awk_only=True)[0], what
+    assert_all_go_to_awk(shell, compiled, deviations(compiled[1]))
 
 
 def test_config_compiled_needs_the_whole_text(compiled):
@@ -284,13 +296,9 @@ def del_bytes(conf: dict, version: str, prev=PREV_RESULT) -> str:
 
 
 def load_del(shell, compiled, text: str, awk_only: bool = False):
-    plugin, _, tmp = compiled
-    log = tmp / "awk.log"
-    log.unlink(missing_ok=True)
-    script = 'awk() { echo called >>"$AWK_LOG"; command awk "$@"; }; ' + ("CONFIG_PREV_MID=''; " if awk_only else "") + DEL_DUMP
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AWK_LOG": str(log), "LC_ALL": "C"}
-    done = subprocess.run([*shell, "-c", f'. "$1"; {script}', "sh", str(plugin)], input=text, capture_output=True, text=True, env=env)
-    return (done.returncode, done.stdout), log.exists()
+    """load for DEL; `awk_only` disables DEL's fast path."""
+    rc, out, awk_called = sourced_run(shell, compiled, ("CONFIG_PREV_MID=''; " if awk_only else "") + DEL_DUMP, text)
+    return (rc, out), awk_called
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
@@ -340,20 +348,12 @@ def del_deviations(conf: dict) -> dict:
 
 @pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
 def test_any_other_del_config_goes_to_awk(shell, compiled):
-    for what, text in del_deviations(compiled[1]).items():
-        seen, awk_called = load_del(shell, compiled, text)
-        assert awk_called, f"{what}: skipped awk"
-        assert seen == load_del(shell, compiled, text, awk_only=True)[0], what
+    assert_all_go_to_awk(shell, compiled, del_deviations(compiled[1]), load_del)
 
 
 @pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
 def test_only_del_skips_awk_with_a_previous_result(shell, compiled):
     """ADD (chained) and CHECK use the previous result: awk reads it."""
-    plugin, conf, tmp = compiled
-    log = tmp / "awk.log"
     for command in ("ADD", "CHECK"):
-        log.unlink(missing_ok=True)
-        script = f'awk() {{ echo called >>"$AWK_LOG"; command awk "$@"; }}; COMMAND={command}; load_config; echo "$PREV_NIFACES"'
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "AWK_LOG": str(log), "LC_ALL": "C"}
-        done = subprocess.run([*shell, "-c", f'. "$1"; {script}', "sh", str(plugin)], input=del_bytes(conf, "1.0.0"), capture_output=True, text=True, env=env)
-        assert done.returncode == 0 and done.stdout == "3\n" and log.exists(), (command, done.stdout, done.stderr)
+        seen = sourced_run(shell, compiled, f'COMMAND={command}; load_config; echo "$PREV_NIFACES"', del_bytes(compiled[1], "1.0.0"))
+        assert seen == (0, "3\n", True), command
