@@ -1740,8 +1740,9 @@ prev_route() {
 # without starting awk (measured: 1 ms of DEL); anything else is left to CONFIG_AWK.
 config_compiled_prev() {
 	[ -n "$CONFIG_PREV_MID" ] || return 1
+	# (one '*' per pattern: two would let a crafted text make dash backtrack)
 	case $CFG_TEXT in
-	"$CONFIG_HEAD"*"$CONFIG_PREV_MID{"*"}$CONFIG_PREV_TAIL") ;;
+	"$CONFIG_HEAD"*"}$CONFIG_PREV_TAIL") ;;
 	*) return 1 ;;
 	esac
 	ccp_rest=${CFG_TEXT%"$CONFIG_PREV_TAIL"}
@@ -1749,6 +1750,10 @@ config_compiled_prev() {
 	ccp_version=${ccp_rest%%"$CONFIG_PREV_MID"*}
 	case $ccp_version in
 	'' | *[!0-9.]*) return 1 ;;
+	esac
+	case $ccp_rest in
+	"$ccp_version$CONFIG_PREV_MID{"*) ;;
+	*) return 1 ;;
 	esac
 	case " $PODNET_VERSIONS " in
 	*" $ccp_version "*) ;;
