@@ -648,15 +648,21 @@ config_compiled() {
 	# the tail first: dash removes a prefix in time proportional to the text's length
 	# times the prefix's, a suffix far faster
 	cc_version=${CFG_TEXT%"$CONFIG_TAIL"}
-	cc_version=${cc_version#"$CONFIG_HEAD"}
-	case $cc_version in
+	compiled_version "${cc_version#"$CONFIG_HEAD"}"
+}
+
+# compiled_version VERSION: for a config found to be the compiled one around its
+# cniVersion, whether VERSION is one this plugin speaks; then sets what CONFIG_AWK's
+# records would (the name and type are the compiled ones).
+compiled_version() {
+	case $1 in
 	'' | *[!0-9.]*) return 1 ;;
 	esac
 	case " $PODNET_VERSIONS " in
-	*" $cc_version "*) ;;
+	*" $1 "*) ;;
 	*) return 1 ;;
 	esac
-	CFG_VERSION=$cc_version
+	CFG_VERSION=$1
 	CFG_NAME=$PODNET_NETWORK
 	CFG_TYPE=$PODNET_TYPE
 }
@@ -1748,21 +1754,12 @@ config_compiled_prev() {
 	ccp_rest=${CFG_TEXT%"$CONFIG_PREV_TAIL"}
 	ccp_rest=${ccp_rest#"$CONFIG_HEAD"}
 	ccp_version=${ccp_rest%%"$CONFIG_PREV_MID"*}
-	case $ccp_version in
-	'' | *[!0-9.]*) return 1 ;;
-	esac
 	case $ccp_rest in
 	"$ccp_version$CONFIG_PREV_MID{"*) ;;
 	*) return 1 ;;
 	esac
-	case " $PODNET_VERSIONS " in
-	*" $ccp_version "*) ;;
-	*) return 1 ;;
-	esac
 	prev_is_object "${ccp_rest#"$ccp_version$CONFIG_PREV_MID"}" || return 1
-	CFG_VERSION=$ccp_version
-	CFG_NAME=$PODNET_NETWORK
-	CFG_TYPE=$PODNET_TYPE
+	compiled_version "$ccp_version" || return 1
 	CFG_HAS_PREV=1
 }
 
