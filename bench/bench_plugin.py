@@ -11,7 +11,11 @@ Figures:
     counted, so the comparison favours the reference);
   * 32 ADDs (then 32 DELs) in parallel: wall time of the batch, median of 5
     interleaved rounds;
-  * processes started per ADD (execve calls, counted with strace -f);
+  * the CPU time (user + system) of the plugin processes per ADD and DEL, as
+    libcni's caller sees it (RUSAGE_CHILDREN around the call);
+  * processes started per ADD (execve calls, counted with strace -f), and the CPU
+    one start of each program costs here (a start that does nothing: `ip -V`,
+    `dash -c :`, ...), the tax every process of a shell plugin pays;
   * the floor of podnet's design (bench/floor-plugin.sh: dash, the same two
     `ip -batch` processes and the lease under host-local's lock, nothing else),
     timed in the same rounds;
@@ -29,20 +33,21 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers import Namespaces, have, node_sh  # noqa: E402
-from peers import DRIVER, CniNode, Pod, compile_topology, driver_available, install_podnet, install_reference, topology_yaml  # noqa: E402
+from peers import DRIVER, REFERENCE_BIN, CniNode, Pod, compile_topology, driver_available, install_podnet, install_reference, topology_yaml  # noqa: E402
 
 
 def stats(values: List[float]) -> str:
@@ -51,10 +56,13 @@ def stats(values: List[float]) -> str:
     return f"{statistics.median(ms):7.1f} ms (IQR {q1:.1f}-{q3:.1f})"
 
 
-def timed(node, command: str, pod: Pod) -> float:
+def timed(node, command: str, pod: Pod, cpu: Optional[List[float]] = None) -> float:
+    """Seconds of one libcni call; appends the plugin processes' CPU seconds to `cpu`."""
     run = node.driver(command, pod)
     if run.rc != 0 or "seconds" not in run.out:
         raise SystemExit(f"{command} failed on {node.plugin['type']}: {run.describe()}")
+    if cpu is not None:
+        cpu.append(run.out["cpu_seconds"])
     return run.out["seconds"]
 
 
@@ -63,15 +71,16 @@ def new_pod(spaces: Namespaces, name: str) -> Pod:
 
 
 def latency(spaces: Namespaces, nodes: Dict[str, object], rounds: int) -> Dict[str, Dict[str, List[float]]]:
-    """ADD, CHECK, DEL per plugin, alternating which goes first each round."""
-    times = {name: {"ADD": [], "CHECK": [], "DEL": []} for name in nodes}
+    """ADD, CHECK, DEL per plugin, alternating which goes first each round; the
+    same commands' CPU seconds under "ADD cpu", "CHECK cpu", "DEL cpu"."""
+    times = {name: {key: [] for key in ("ADD", "CHECK", "DEL", "ADD cpu", "CHECK cpu", "DEL cpu")} for name in nodes}
     names = list(nodes)
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         pods = {name: new_pod(spaces, f"{name[:3]}{r}") for name in names}
         for command in ("ADD", "CHECK", "DEL"):
             for name in order:
-                times[name][command].append(timed(nodes[name], command.lower(), pods[name]))
+                times[name][command].append(timed(nodes[name], command.lower(), pods[name], times[name][f"{command} cpu"]))
         for pod in pods.values():
             subprocess.run(["ip", "netns", "del", pod.ns], capture_output=True)
             spaces.created.remove(pod.ns)
@@ -107,6 +116,36 @@ def forks(spaces: Namespaces, node, tag: str) -> int:
     execs = sum(1 for line in trace.read_text().splitlines() if "execve(" in line)
     node.driver("del", pod)
     return execs - 1
+
+
+def start_cost(argv: List[str], runs: int = 300) -> float:
+    """CPU seconds (user + system) one start of argv costs: the mean over `runs`
+    starts, from the children's rusage. argv must do nothing (print a version)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for _ in range(runs):
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs
+
+
+def start_costs() -> None:
+    """Prints what starting each program of an ADD costs in CPU, and an empty Go and
+    glibc start for comparison."""
+    ip = shutil.which("ip") or "/sbin/ip"
+    programs = [
+        ("dash (the plugin's shell)", ["/bin/sh", "-c", ":"]),
+        ("ip", [ip, "-V"]),
+        ("flock", [shutil.which("flock") or "flock", "-V"]),
+        ("true (coreutils, C)", [shutil.which("true") or "/bin/true"]),
+        ("bridge (reference, Go)", [str(REFERENCE_BIN / "bridge")]),
+        ("host-local (reference, Go)", [str(REFERENCE_BIN / "host-local")]),
+    ]
+    costs = []
+    for label, argv in programs:
+        if not os.path.exists(argv[0]):
+            continue
+        costs.append(f"{label} {start_cost(argv) * 1000:.2f}")
+    print("CPU per process start, ms (a start that does nothing): " + ", ".join(costs))
 
 
 # Where the prologue is cut: (what the step does, the text in the generated plugin,
@@ -211,6 +250,9 @@ def main() -> None:
                 pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
                 ratios[(masq, command)] = pn / rf
                 print(f"{label} {command:5s} podnet {stats(times['podnet'][command])}  reference {stats(times['reference'][command])}  ratio {pn / rf:.2f}")
+            for command in ("ADD", "DEL"):
+                cpu = ", ".join(f"{name} {statistics.median(times[name][f'{command} cpu']) * 1000:.1f} ms" for name in nodes)
+                print(f"{label} {command:5s} CPU of the plugin processes (median): {cpu}")
             if "floor" in times:
                 for command in ("ADD", "DEL"):
                     fl, rf = statistics.median(times["floor"][command]), statistics.median(times["reference"][command])
@@ -219,6 +261,7 @@ def main() -> None:
             if masq:
                 for name, node in nodes.items():
                     print(f"processes started per ADD ({name}): {forks(spaces, node, name[:3])}")
+                start_costs()
                 par = {name: {"add": [], "del": []} for name in nodes}
                 for r in range(a.parallel_rounds):  # interleaved, the first one alternating
                     for name in (list(nodes) if r % 2 == 0 else list(nodes)[::-1]):

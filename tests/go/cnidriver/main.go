@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -75,9 +76,12 @@ func main() {
 		emit(parallel(cni, &o, strings.TrimSuffix(flag.Arg(0), "-parallel"), flag.Arg(1)))
 		return
 	}
+	var before, after syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &before)
 	start := time.Now()
 	result, err := run(cni, &o, flag.Arg(0), flag.Arg(1))
 	elapsed := time.Since(start).Seconds()
+	_ = syscall.Getrusage(syscall.RUSAGE_CHILDREN, &after)
 	if err != nil {
 		fail(err)
 	}
@@ -85,8 +89,14 @@ func main() {
 	if raw == nil {
 		raw = []json.RawMessage{}
 	}
-	// seconds: the libcni call alone (plugin executions included), for benchmarks
-	emit(map[string]interface{}{"result": result, "raw": raw, "seconds": elapsed})
+	// seconds: the libcni call alone (plugin executions included); cpu_seconds:
+	// the CPU (user + system) of the plugin processes it ran and waited for; for benchmarks
+	emit(map[string]interface{}{"result": result, "raw": raw, "seconds": elapsed, "cpu_seconds": cpuSeconds(&after) - cpuSeconds(&before)})
+}
+
+// cpuSeconds: user + system time of a Rusage, in seconds.
+func cpuSeconds(r *syscall.Rusage) float64 {
+	return float64(r.Utime.Sec+r.Stime.Sec) + float64(r.Utime.Usec+r.Stime.Usec)/1e6
 }
 
 // parallel runs COMMAND (add, check, del) at once for every namespace in -netns
