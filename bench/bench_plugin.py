@@ -53,7 +53,7 @@ from peers import DRIVER, REFERENCE_BIN, CniNode, Pod, compile_topology, driver_
 def stats(values: List[float]) -> str:
     ms = sorted(v * 1000 for v in values)
     q1, q3 = ms[len(ms) // 4], ms[(3 * len(ms)) // 4]
-    return f"{statistics.median(ms):7.1f} ms (IQR {q1:.1f}-{q3:.1f})"
+    return f"{statistics.median(ms):7.2f} ms (IQR {q1:.1f}-{q3:.1f})"
 
 
 def timed(node, command: str, pod: Pod, cpu: Optional[List[float]] = None) -> float:
@@ -249,14 +249,14 @@ def main() -> None:
             for command in ("ADD", "CHECK", "DEL"):
                 pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
                 ratios[(masq, command)] = pn / rf
-                print(f"{label} {command:5s} podnet {stats(times['podnet'][command])}  reference {stats(times['reference'][command])}  ratio {pn / rf:.2f}")
+                print(f"{label} {command:5s} podnet {stats(times['podnet'][command])}  reference {stats(times['reference'][command])}  ratio {pn / rf:.3f}")
             for command in ("ADD", "DEL"):
                 cpu = ", ".join(f"{name} {statistics.median(times[name][f'{command} cpu']) * 1000:.1f} ms" for name in nodes)
                 print(f"{label} {command:5s} CPU of the plugin processes (median): {cpu}")
             if "floor" in times:
                 for command in ("ADD", "DEL"):
                     fl, rf = statistics.median(times["floor"][command]), statistics.median(times["reference"][command])
-                    print(f"floor of the design {command:5s} {stats(times['floor'][command])}  (dash + the same two ip -batch + the locked lease, nothing else)  ratio to reference {fl / rf:.2f}")
+                    print(f"floor of the design {command:5s} {stats(times['floor'][command])}  (dash + the same two ip -batch + the locked lease, nothing else)  ratio to reference {fl / rf:.3f}")
                 prologue(nodes["podnet"], new_pod(spaces, "cut"))
             if masq:
                 for name, node in nodes.items():
@@ -270,7 +270,7 @@ def main() -> None:
                 for command in ("add", "del"):
                     pn, rf = statistics.median(par["podnet"][command]), statistics.median(par["reference"][command])
                     print(f"{a.parallel} {command.upper()}s in parallel ({a.parallel_rounds} rounds): podnet {stats(par['podnet'][command])}, "
-                          f"reference {stats(par['reference'][command])}, ratio {pn / rf:.2f}")
+                          f"reference {stats(par['reference'][command])}, ratio {pn / rf:.3f}")
     finally:
         spaces.cleanup()
         shutil.rmtree(work, ignore_errors=True)
