@@ -9,6 +9,9 @@ Figures:
     masquerade off and on; the reference's time is bridge + host-local alone (a
     runtime would also run its loopback plugin, which podnet does itself: not
     counted, so the comparison favours the reference);
+  * ADD / DEL again on a node whose store holds the leases of 100 other pods
+    (--store-leases), as on a busy node: both IPAMs look up what the pair holds
+    on ADD and release by owner on DEL;
   * 32 ADDs (then 32 DELs) in parallel: wall time of the batch, median of 5
     interleaved rounds;
   * the CPU time (user + system) of the plugin processes per ADD and DEL, as
@@ -24,12 +27,13 @@ Figures:
     the node with libcni's stdin and environment; a step's share is the difference
     between consecutive cuts.
 
-usage: python bench/bench_plugin.py [--rounds 60] [--parallel 32] [--parallel-rounds 5]   (root; `make driver` first)
+usage: python bench/bench_plugin.py [--rounds 60] [--store-leases 100] [--parallel 32] [--parallel-rounds 5]   (root; `make driver` first)
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -47,7 +51,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from helpers import Namespaces, have, node_sh  # noqa: E402
-from peers import DRIVER, REFERENCE_BIN, CniNode, Pod, compile_topology, driver_available, install_podnet, install_reference, topology_yaml  # noqa: E402
+from peers import DRIVER, REFERENCE_BIN, CniNode, Pod, compile_topology, driver_available, install_podnet, install_reference, plugin_entries, topology_yaml  # noqa: E402
 
 
 def stats(values: List[float]) -> str:
@@ -202,6 +206,16 @@ def prologue(node, pod: Pod, runs: int = 200, rounds: int = 5) -> None:
         print(f"  {label:55s} {medians[i]:5.2f} ms  ({'+' if i else ''}{share:.2f})")
 
 
+def fill_store(node, count: int) -> None:
+    """The leases of `count` other pods (64-hex IDs, as runtimes make them) in the
+    node's store, at the top of its subnet, away from the addresses the rounds take."""
+    subnet = ipaddress.ip_network(plugin_entries(node.conf)[0]["ipam"]["ranges"][0][0]["subnet"])
+    store = node.cni_dir / "networks" / node.name
+    for k in range(count):
+        address = subnet.broadcast_address - 1 - k
+        (store / str(address)).write_bytes(f"{k:064x}\r\neth0".encode())
+
+
 def install_floor(podnet, root: Path) -> CniNode:
     """bench/floor-plugin.sh as plugin type "podnet-floor" in podnet's node (its
     bridge, made by podnet's warm-up ADD, is the one the floor plugin uses)."""
@@ -219,6 +233,7 @@ def install_floor(podnet, root: Path) -> CniNode:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--store-leases", type=int, default=100)
     p.add_argument("--parallel", type=int, default=32)
     p.add_argument("--parallel-rounds", type=int, default=5)
     a = p.parse_args()
@@ -258,6 +273,15 @@ def main() -> None:
                     fl, rf = statistics.median(times["floor"][command]), statistics.median(times["reference"][command])
                     print(f"floor of the design {command:5s} {stats(times['floor'][command])}  (dash + the same two ip -batch + the locked lease, nothing else)  ratio to reference {fl / rf:.3f}")
                 prologue(nodes["podnet"], new_pod(spaces, "cut"))
+                busy = {name: node for name, node in nodes.items() if name != "floor"}
+                for node in busy.values():
+                    fill_store(node, a.store_leases)
+                times = latency(spaces, busy, a.rounds)
+                for command in ("ADD", "DEL"):
+                    pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
+                    cpu = ", ".join(f"{name} {statistics.median(times[name][f'{command} cpu']) * 1000:.1f} ms" for name in busy)
+                    print(f"store of {a.store_leases} other pods' leases {command:5s} podnet {stats(times['podnet'][command])}  "
+                          f"reference {stats(times['reference'][command])}  ratio {pn / rf:.3f}  (CPU: {cpu})")
             if masq:
                 for name, node in nodes.items():
                     print(f"processes started per ADD ({name}): {forks(spaces, node, name[:3])}")

@@ -248,16 +248,22 @@ class CniNode:
         return self.cni_dir / "networks" / self.name
 
     def leases(self) -> Dict[str, str]:
-        """IP -> 'containerID ifname' for every lease file in the store."""
+        """IP -> 'containerID ifname' for every lease file in the store (not
+        podnet's lease markers, .podnet-pair.*, nor other dot files)."""
         store = self.store()
         if not store.is_dir():
             return {}
         out = {}
         for p in sorted(store.iterdir()):
-            if p.name == "lock" or p.name.startswith("last_reserved_ip"):
+            if p.name == "lock" or p.name.startswith(("last_reserved_ip", ".")):
                 continue
             out[p.name] = " ".join(p.read_text().split())
         return out
+
+    def markers(self) -> List[str]:
+        """podnet's lease markers in the store (.podnet-pair.HASH.ADDRESS)."""
+        store = self.store()
+        return sorted(p.name for p in store.iterdir() if p.name.startswith(".podnet-pair.")) if store.is_dir() else []
 
     def cached_results(self) -> List[str]:
         results = self.cache / "results"

@@ -178,7 +178,7 @@ def test_run_sweeps_temp_files_and_validates(mod, tmp_path):
     (tmp_path / ".podnet-lease.999").write_bytes(b"x\r\neth0")
     ranges = [mod.Range("10.244.1.0/29,10.244.1.2,10.244.1.6,10.244.1.1")]
     assert mod.run("add", mod.DiskStore(str(tmp_path)), ranges, ["c1", "eth0"], io.StringIO()) == [f"10.244.1.2/29 {GW}"]
-    assert sorted(os.listdir(tmp_path)) == ["10.244.1.2", "last_reserved_ip.0", "lock"]
+    assert sorted(os.listdir(tmp_path)) == [".podnet-pair.3655569811.10.244.1.2", "10.244.1.2", "last_reserved_ip.0", "lock"]
     for args in (["-c", "eth0"], ["c1", "a/b"], ["c1"], ["c1", "x" * 16]):
         with pytest.raises(mod.IpamError):
             mod.run("add", mod.DiskStore(str(tmp_path)), ranges, args, io.StringIO())

@@ -103,6 +103,14 @@ def assert_interfaces(node: CniNode, pod: Pod, result: dict) -> None:
     assert len(veths[0]) <= 15
 
 
+def fnv1a(text: str) -> str:
+    """The 32-bit FNV-1a hash of text's bytes, in decimal (podnet's veth names and lease markers)."""
+    h = 2166136261
+    for byte in text.encode():
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return str(h)
+
+
 def assert_detached(node: CniNode, pods) -> None:
     """Nothing of the pods is left: no interface, veth, lease, cache entry or
     per-container NAT state."""
@@ -111,6 +119,7 @@ def assert_detached(node: CniNode, pods) -> None:
     extra = [l["ifname"] for l in node.links() if l["ifname"] not in ("lo", BRIDGE)]
     assert extra == [], f"host interfaces left behind: {extra}"
     assert node.leases() == {}, f"leases left behind: {node.leases()}"
+    assert node.markers() == [], f"lease markers left behind: {node.markers()}"
     assert node.cached_results() == [], node.cached_results()
     leaked = [r for r in node.nat_rules() for pod in pods if pod.cid in r]
     assert leaked == [], f"per-container NAT state left behind: {leaked}"
@@ -134,6 +143,10 @@ def test_add_check_del_through_libcni(impl, version, netns, tmp_path, driver):
         addresses.append(assert_attached(node, pod, added.result, version))
     assert addresses[0] != addresses[1]
     assert node.leases() == {addresses[0]: f"{a.cid} eth0", addresses[1]: f"{b.cid} eth0"}
+    if impl == "podnet":  # one marker per lease, its HASH the number in the pair's veth name
+        marks = dict(reversed(m[len(".podnet-pair."):].split(".", 1)) for m in node.markers())
+        assert marks == {addresses[0]: fnv1a(f"{a.cid}/eth0"), addresses[1]: fnv1a(f"{b.cid}/eth0")}, node.markers()
+        assert all(link(node.ns, f"veth{h}") for h in marks.values()), marks
 
     if version in CHECK_VERSIONS:
         for pod in (a, b):
@@ -194,7 +207,7 @@ def test_del_after_netns_is_gone(impl, netns, tmp_path, driver):
     netns.created.remove(pod.ns)
     deleted = node.detach(pod)
     assert deleted.rc == 0, deleted.describe()
-    assert node.leases() == {}
+    assert node.leases() == {} and node.markers() == []
     assert node.cached_results() == []
     # The kernel destroys a deleted namespace (and the veth end in it, taking
     # the host end along) asynchronously; on a loaded machine that takes a
@@ -247,7 +260,7 @@ def test_spec_1_1_0_add_check_gc_del(node110, netns):
 
     for pod in (a, b, c):
         invoke_ok(node, "DEL", node.plugin_stdin(prevResult=results[pod.cid]), pod)
-    assert node.leases() == {}
+    assert node.leases() == {} and node.markers() == []
     assert [l["ifname"] for l in node.links() if l["ifname"] not in ("lo", BRIDGE)] == []
     for pod in (a, b, c):
         assert link(pod.ns, pod.ifname) is None

@@ -65,7 +65,7 @@ STDIN_READ=0 CFG_TEXT='' CFG_VERSION='' CFG_NAME='' CFG_TYPE='' CFG_HAS_PREV=0
 PREV_IFACES='' PREV_NIFACES=0 PREV_IFACES_RAW='' PREV_IPS='' PREV_IPS_RAW='' PREV_ROUTES='' PREV_ROUTES_RAW='' PREV_DNS_RAW=''
 GC_KEY='' GC_KEEP=''
 LEASES='' LINK_LINE='' GATEWAY='' EXPECT_ADDRS='' EXPECT_ROUTES='' R2_IPS='' BRIDGE_MAC='' VETH_MAC='' IF_MAC='' MAC='' JSON_ESC='' PROBLEMS=''
-ADD_VETH=0 ADD_LEASE=0 AM_PID=''
+ADD_VETH=0 ADD_LEASE=0 AM_PID='' HASH='' HASH_OF=''
 
 # ---------------------------------------------------------------------------
 # IPAM: leases in the on-disk format of the reference host-local plugin.
@@ -74,6 +74,10 @@ ADD_VETH=0 ADD_LEASE=0 AM_PID=''
 # address, holding "CONTAINER_ID\r\nIFNAME"; last_reserved_ip.N (N = range set
 # index) for round-robin; every read-modify-write happens under flock(2) on
 # IPAM_STORE/lock, the lock host-local takes, so both can share one store.
+# Beside each lease it takes, podnet leaves an empty marker file,
+# IPAM_MARK.HASH.ADDRESS (HASH: fnv1a of "ID/IFNAME", the number in the pair's
+# veth name), so that ADD finds what the pair holds without reading every lease
+# (ipam_marked); host-local reads it as a file naming nobody and leaves it alone.
 # Callers never lock: ipam_add, ipam_del (here), ipam_get and ipam_gc
 # (ipam_query.sh.j2) do. They print leases as "ADDRESS/PREFIX GATEWAY" lines on
 # stdout and nothing else there.
@@ -89,6 +93,8 @@ case $0 in
 esac
 # Temp files the Python fallback writes a lease to before linking it into place.
 IPAM_TMP_PREFIX=.podnet-lease.
+# Lease markers: IPAM_MARK.HASH.ADDRESS (see above).
+IPAM_MARK=.podnet-pair
 # A store with more lease files than this is searched with grep (ipam_find).
 IPAM_SCAN_MAX=32
 # Under the lock "pool exhausted" is this status; ipam_locked turns it into 2
@@ -122,6 +128,75 @@ ipam_give_back() {
 	[ -n "${IPAM_TAKEN:-}" ] || return 0
 	command -v flock >/dev/null 2>&1 || return 1
 	ipam_locked give_back "$1" "$2"
+}
+
+# HASH_CHARS: printable ASCII from 32 (space) on, so a byte's code is 32 + its offset;
+# HASH_LOWER, HASH_UPPER: the letters, which IDs are mostly made of, found faster.
+HASH_CHARS=' !"#$%&'"'"'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_`abcdefghijklmnopqrstuvwxyz{|}~'
+HASH_LOWER=abcdefghijklmnopqrstuvwxyz
+HASH_UPPER=ABCDEFGHIJKLMNOPQRSTUVWXYZ
+
+# fnv1a STRING: sets HASH to the 32-bit FNV-1a hash of STRING's bytes (LC_ALL=C, so a
+# character is a byte). Hex digits, what container IDs are made of, are matched as the
+# first byte of the rest (measured 30% faster on a 64-digit ID than cutting each
+# byte out first); other letters come from 26-letter tables, other printable bytes
+# from HASH_CHARS, and a byte outside HASH_CHARS (only IFNAME can hold one) costs a
+# subshell running the printf builtin.
+fnv1a() {
+	HASH=2166136261
+	fh_rest=$1
+	while [ -n "$fh_rest" ]; do
+		case $fh_rest in
+		0*) fh_code=48 ;;
+		1*) fh_code=49 ;;
+		2*) fh_code=50 ;;
+		3*) fh_code=51 ;;
+		4*) fh_code=52 ;;
+		5*) fh_code=53 ;;
+		6*) fh_code=54 ;;
+		7*) fh_code=55 ;;
+		8*) fh_code=56 ;;
+		9*) fh_code=57 ;;
+		a*) fh_code=97 ;;
+		b*) fh_code=98 ;;
+		c*) fh_code=99 ;;
+		d*) fh_code=100 ;;
+		e*) fh_code=101 ;;
+		f*) fh_code=102 ;;
+		*)
+			fh_tail=${fh_rest#?}
+			fh_ch=${fh_rest%"$fh_tail"}
+			case $fh_ch in
+			[a-z])
+				fh_pre=${HASH_LOWER%%"$fh_ch"*}
+				fh_code=$((${#fh_pre} + 97))
+				;;
+			[A-Z])
+				fh_pre=${HASH_UPPER%%"$fh_ch"*}
+				fh_code=$((${#fh_pre} + 65))
+				;;
+			*)
+				fh_pre=${HASH_CHARS%%"$fh_ch"*}
+				if [ "$fh_pre" = "$HASH_CHARS" ]; then
+					fh_code=$(printf '%d' "'$fh_ch")
+				else
+					fh_code=$((${#fh_pre} + 32))
+				fi
+				;;
+			esac
+			;;
+		esac
+		fh_rest=${fh_rest#?}
+		HASH=$((((HASH ^ fh_code) * 16777619) & 4294967295))
+	done
+	HASH_OF=$1
+}
+
+# ipam_pair_hash ID IFNAME: sets IPAM_HASH to fnv1a of "ID/IFNAME", the HASH the
+# plugin already has when it named the veth.
+ipam_pair_hash() {
+	[ "${HASH_OF-}" = "$1/$2" ] || fnv1a "$1/$2"
+	IPAM_HASH=$HASH
 }
 
 # ipam_valid_pair ID IFNAME: the CNI spec's container ID and interface name rules.
@@ -226,10 +301,10 @@ ipam_sweep_tmp() {
 	fi
 }
 
-# ipam_op_add ID IFNAME: per range set, the pair's lease in it or a new one.
-# Lock held. A failure releases what this call took.
+# ipam_op_add ID IFNAME: per range set, the pair's lease in it (found by its
+# marker) or a new one. Lock held. A failure releases what this call took.
 ipam_op_add() {
-	ipam_find "$1" "$2"
+	ipam_marked "$1" "$2"
 	IPAM_OUT=
 	IPAM_TAKEN=
 	IPAM_INDEX=0
@@ -253,12 +328,15 @@ ipam_op_add() {
 	printf '%s' "$IPAM_OUT"
 }
 
-# ipam_op_del ID IFNAME: removes the pair's lease files; when there are none,
+# ipam_op_del ID IFNAME: removes the pair's lease files, found by reading every
+# lease (ipam_find), so that leases without a marker go too; when there are none,
 # the files older host-local versions wrote with the ID alone. Also removes
 # empty lease files: a writer killed between create and write (perhaps this
-# pair's) left them, and under the lock no write is in progress. Lock held.
+# pair's) left them, and under the lock no write is in progress. Then the pair's
+# markers whose lease is gone. Lock held.
 ipam_op_del() {
 	ipam_find "$1" "$2"
+	ipam_pair_hash "$1" "$2"
 	if [ -z "$IPAM_HELD" ]; then
 		IPAM_HELD=$IPAM_LEGACY
 	fi
@@ -266,20 +344,29 @@ ipam_op_del() {
 	for IPAM_ADDR in $IPAM_HELD $IPAM_EMPTY; do
 		set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
 	done
+	for IPAM_FILE in "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."*; do
+		IPAM_NAME=${IPAM_FILE#"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."}
+		ipam_is_lease_name "$IPAM_NAME" || continue
+		case " $IPAM_HELD $IPAM_EMPTY " in
+		*" $IPAM_NAME "*) set -- "$@" "$IPAM_FILE" ;;
+		*) [ -s "$IPAM_STORE/$IPAM_NAME" ] || set -- "$@" "$IPAM_FILE" ;;
+		esac
+	done
 	if [ "$#" -gt 0 ]; then
 		rm -f -- "$@"
 	fi
 }
 
-# ipam_op_give_back ID IFNAME: removes the files of IPAM_TAKEN still leased to
-# ID+IFNAME (a GC meanwhile may have released one, and another ADD taken it).
+# ipam_op_give_back ID IFNAME: removes the files (and markers) of IPAM_TAKEN still
+# leased to ID+IFNAME (a GC meanwhile may have released one, and another ADD taken it).
 # Lock held.
 ipam_op_give_back() {
 	IPAM_PAIR="$1 $2"
+	ipam_pair_hash "$1" "$2"
 	set --
 	for IPAM_ADDR in $IPAM_TAKEN; do
 		if ipam_read_owner "$IPAM_STORE/$IPAM_ADDR" && [ "$IPAM_OWNER" = "$IPAM_PAIR" ]; then
-			set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
+			set -- "$@" "$IPAM_STORE/$IPAM_ADDR" "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$IPAM_ADDR"
 		fi
 	done
 	IPAM_TAKEN=
@@ -318,6 +405,23 @@ ipam_find() {
 			IPAM_HELD="$IPAM_HELD $IPAM_NAME"
 		elif [ "$IPAM_OWNER" = "$1" ]; then
 			IPAM_LEGACY="$IPAM_LEGACY $IPAM_NAME"
+		fi
+	done
+}
+
+# ipam_marked ID IFNAME: sets IPAM_HELD to the addresses the pair's markers name
+# whose lease file still names the pair: what ADD reuses. One directory read and a
+# read per marker, however many leases the store holds (ipam_find reads every
+# lease: with a hundred, ADD took 2 ms longer). A lease of the pair without a
+# marker (written by host-local) is not found: ADD then takes a new address, and
+# DEL, which reads every lease, releases both.
+ipam_marked() {
+	ipam_pair_hash "$1" "$2"
+	IPAM_HELD=
+	for IPAM_FILE in "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."*; do
+		IPAM_NAME=${IPAM_FILE#"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."}
+		if ipam_is_lease_name "$IPAM_NAME" && ipam_read_owner "$IPAM_STORE/$IPAM_NAME" && [ "$IPAM_OWNER" = "$1 $2" ]; then
+			IPAM_HELD="$IPAM_HELD $IPAM_NAME"
 		fi
 	done
 }
@@ -457,12 +561,15 @@ ipam_take() {
 	return "$IPAM_EXHAUSTED"
 }
 
-# ipam_reserve ADDRESS ID IFNAME INDEX: creates the lease file exclusively
-# (noclobber: O_EXCL, so it fails when the address is taken) with its whole
-# content in one write(2), then records ADDRESS in last_reserved_ip.INDEX. No
-# process is started. A writer killed between create and write leaves an empty
+# ipam_reserve ADDRESS ID IFNAME INDEX: creates the pair's marker (IPAM_HASH), then
+# the lease file exclusively (noclobber: O_EXCL, so it fails when the address is
+# taken) with its whole content in one write(2), then records ADDRESS in
+# last_reserved_ip.INDEX. No process is started. A writer killed between create and write leaves an empty
 # file: every operation treats it as garbage (see ipam_take, ipam_op_del, gc).
 ipam_reserve() {
+	# the marker first: a lease podnet wrote always has one (one that exists
+	# already, or an orphan left by a killed writer, is as good)
+	: 2>/dev/null >"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$1" || :
 	if ! printf '%s\r\n%s' "$2" "$3" 2>/dev/null >"$IPAM_STORE/$1"; then
 		return 1
 	fi
@@ -496,7 +603,7 @@ ipam_read_last() {
 # ipam_undo: releases the leases this ipam_op_add call took (IPAM_TAKEN).
 ipam_undo() {
 	for IPAM_ADDR in $IPAM_TAKEN; do
-		rm -f -- "$IPAM_STORE/$IPAM_ADDR"
+		rm -f -- "$IPAM_STORE/$IPAM_ADDR" "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$IPAM_ADDR"
 	done
 }
 
@@ -838,67 +945,6 @@ veth_name() {
 	fnv1a "$CID/$IFNAME"
 	VETH=veth$HASH
 	ALIAS=podnet:$CID/$IFNAME
-}
-
-# HASH_CHARS: printable ASCII from 32 (space) on, so a byte's code is 32 + its offset;
-# HASH_LOWER, HASH_UPPER: the letters, which IDs are mostly made of, found faster.
-HASH_CHARS=' !"#$%&'"'"'()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\]^_`abcdefghijklmnopqrstuvwxyz{|}~'
-HASH_LOWER=abcdefghijklmnopqrstuvwxyz
-HASH_UPPER=ABCDEFGHIJKLMNOPQRSTUVWXYZ
-
-# fnv1a STRING: sets HASH to the 32-bit FNV-1a hash of STRING's bytes (LC_ALL=C, so a
-# character is a byte). Hex digits, what container IDs are made of, are matched as the
-# first byte of the rest (measured 30% faster on a 64-digit ID than cutting each
-# byte out first); other letters come from 26-letter tables, other printable bytes
-# from HASH_CHARS, and a byte outside HASH_CHARS (only IFNAME can hold one) costs a
-# subshell running the printf builtin.
-fnv1a() {
-	HASH=2166136261
-	fh_rest=$1
-	while [ -n "$fh_rest" ]; do
-		case $fh_rest in
-		0*) fh_code=48 ;;
-		1*) fh_code=49 ;;
-		2*) fh_code=50 ;;
-		3*) fh_code=51 ;;
-		4*) fh_code=52 ;;
-		5*) fh_code=53 ;;
-		6*) fh_code=54 ;;
-		7*) fh_code=55 ;;
-		8*) fh_code=56 ;;
-		9*) fh_code=57 ;;
-		a*) fh_code=97 ;;
-		b*) fh_code=98 ;;
-		c*) fh_code=99 ;;
-		d*) fh_code=100 ;;
-		e*) fh_code=101 ;;
-		f*) fh_code=102 ;;
-		*)
-			fh_tail=${fh_rest#?}
-			fh_ch=${fh_rest%"$fh_tail"}
-			case $fh_ch in
-			[a-z])
-				fh_pre=${HASH_LOWER%%"$fh_ch"*}
-				fh_code=$((${#fh_pre} + 97))
-				;;
-			[A-Z])
-				fh_pre=${HASH_UPPER%%"$fh_ch"*}
-				fh_code=$((${#fh_pre} + 65))
-				;;
-			*)
-				fh_pre=${HASH_CHARS%%"$fh_ch"*}
-				if [ "$fh_pre" = "$HASH_CHARS" ]; then
-					fh_code=$(printf '%d' "'$fh_ch")
-				else
-					fh_code=$((${#fh_pre} + 32))
-				fi
-				;;
-			esac
-			;;
-		esac
-		fh_rest=${fh_rest#?}
-		HASH=$((((HASH ^ fh_code) * 16777619) & 4294967295))
-	done
 }
 
 # add_links_and_lease [retried]: the host side, the lease and the pod side, as one
@@ -1925,10 +1971,11 @@ $IPAM_ID
 
 # ipam_op_gc: releases every lease whose owner is not in IPAM_VALID, legacy
 # ID-only files whose ID is not, and empty files (a writer killed between
-# create and write). Files holding anything else are kept. One rm for all.
-# Lock held.
+# create and write). Files holding anything else are kept. Then every marker
+# whose lease is gone. One rm for all. Lock held.
 ipam_op_gc() {
 	set --
+	IPAM_GONE=' '
 	for IPAM_FILE in "$IPAM_STORE"/*; do
 		ipam_is_lease_name "${IPAM_FILE##*/}" || continue
 		ipam_read_owner "$IPAM_FILE" || continue
@@ -1936,7 +1983,18 @@ ipam_op_gc() {
 		*"
 $IPAM_OWNER
 "*) ;;
-		*) set -- "$@" "$IPAM_FILE" ;;
+		*)
+			set -- "$@" "$IPAM_FILE"
+			IPAM_GONE="$IPAM_GONE${IPAM_FILE##*/} "
+			;;
+		esac
+	done
+	for IPAM_FILE in "$IPAM_STORE/$IPAM_MARK".*.*; do
+		IPAM_NAME=${IPAM_FILE#"$IPAM_STORE/$IPAM_MARK".*.}
+		ipam_is_lease_name "$IPAM_NAME" || continue
+		case $IPAM_GONE in
+		*" $IPAM_NAME "*) set -- "$@" "$IPAM_FILE" ;;
+		*) [ -s "$IPAM_STORE/$IPAM_NAME" ] || set -- "$@" "$IPAM_FILE" ;;
 		esac
 	done
 	if [ "$#" -gt 0 ]; then

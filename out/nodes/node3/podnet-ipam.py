@@ -11,7 +11,10 @@
 #
 # Store: host-local's format. One file per leased address, named by it, holding
 # "ID\r\nIFNAME"; last_reserved_ip.N per range set; flock(2) on DIR/lock around
-# every operation. Exit status: 0 ok, 2 pool exhausted (nothing taken), 1 other.
+# every operation. Beside each lease podnet takes, an empty marker file
+# .podnet-pair.HASH.ADDRESS (HASH: FNV-1a of "ID/IFNAME"), by which ADD finds what
+# a pair holds, as the shell does. Exit status: 0 ok, 2 pool exhausted (nothing
+# taken), 1 other.
 
 """podnet IPAM fallback (see the comment above)."""
 
@@ -31,6 +34,7 @@ if TYPE_CHECKING:  # annotations only; typing costs startup time
 LOCK = "lock"
 LAST_RESERVED = "last_reserved_ip."
 TMP_PREFIX = ".podnet-lease."
+MARK = ".podnet-pair."
 EXHAUSTED = 2
 ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 ID_CHARS = ALNUM | frozenset("_.-")
@@ -88,6 +92,15 @@ def owner_of(content: bytes) -> Optional[str]:
     return first + (" " + second if second else "")
 
 
+def pair_hash(cid: str, ifname: str) -> str:
+    """FNV-1a (32 bits) of the bytes of "ID/IFNAME", in decimal: the shell's fnv1a,
+    the number in the pair's veth name and markers."""
+    h = 2166136261
+    for byte in os.fsencode(cid + "/" + ifname):
+        h = ((h ^ byte) * 16777619) & 0xFFFFFFFF
+    return str(h)
+
+
 def _chop_control(line: str) -> str:
     return line[:-1] if line and (ord(line[-1]) < 32 or ord(line[-1]) == 127) else line
 
@@ -116,6 +129,9 @@ class MemoryStore:
 
     def write(self, name: str, content: bytes) -> None:
         self.files[name] = content
+
+    def mark(self, name: str) -> None:
+        self.files.setdefault(name, b"")
 
     def remove(self, name: str) -> None:
         self.files.pop(name, None)
@@ -173,6 +189,11 @@ class DiskStore:
         with open(os.path.join(self.dir, name), "wb") as f:
             f.write(content)
 
+    def mark(self, name: str) -> None:
+        """An empty file NAME, unless one exists (as the shell's noclobber `: >`)."""
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(os.path.join(self.dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, name))
@@ -204,10 +225,37 @@ class Allocator:
     def held(self, cid: str, ifname: str) -> List[str]:
         return [name for name, owner in self.owners().items() if owner == cid + " " + ifname]
 
+    def marks(self, prefix: str) -> List[Tuple[str, str]]:
+        """(marker, address) of every marker named PREFIX + ADDRESS."""
+        out = []
+        for name in self.store.names():
+            address = name[len(prefix):]
+            if name.startswith(prefix) and address and set(address) <= LEASE_NAME_CHARS:
+                out.append((name, address))
+        return out
+
+    def marked(self, cid: str, ifname: str) -> List[str]:
+        """The addresses the pair's markers name whose lease still names the pair:
+        what ADD reuses (the shell's ipam_marked)."""
+        out = []
+        for _, address in self.marks(MARK + pair_hash(cid, ifname) + "."):
+            content = self.store.read(address)
+            if content is not None and owner_of(content) == cid + " " + ifname:
+                out.append(address)
+        return out
+
+    def drop_marks(self, prefix: str, gone: List[str]) -> None:
+        """Removes the markers named PREFIX + ADDRESS whose lease is in GONE or
+        is missing or empty."""
+        for name, address in self.marks(prefix):
+            if address in gone or not self.store.read(address):
+                self.store.remove(name)
+
     def add(self, cid: str, ifname: str) -> List[str]:
-        """Per range set, the pair's lease in it or a new one; on failure the
-        leases this call took are released and last_reserved_ip.N restored."""
-        held = self.held(cid, ifname)
+        """Per range set, the pair's lease in it (found by its marker) or a new
+        one; on failure the leases this call took are released and
+        last_reserved_ip.N restored."""
+        held = self.marked(cid, ifname)
         taken: List[str] = []
         last: Dict[str, Optional[bytes]] = {}
         lines = []
@@ -223,8 +271,10 @@ class Allocator:
                     taken.append(address)
                 lines.append(rng.line(address))
         except BaseException:
+            mark = MARK + pair_hash(cid, ifname) + "."
             for address in taken:
                 self.store.remove(address)
+                self.store.remove(mark + address)
             for name, content in last.items():
                 if content is None:
                     self.store.remove(name)
@@ -245,6 +295,7 @@ class Allocator:
         leased = self.owners()
         make = ipaddress.IPv4Address if rng.first.version == 4 else ipaddress.IPv6Address
         content = ("%s\r\n%s" % (cid, ifname)).encode()
+        mark = MARK + pair_hash(cid, ifname) + "."
         for _ in range(hi - lo + 1):
             if cur > hi:
                 cur = lo
@@ -252,6 +303,8 @@ class Allocator:
             if cur != int(rng.gateway) and leased.get(name, "") == "":
                 if name in leased:
                     self.store.remove(name)
+                # the marker first: a lease podnet wrote always has one
+                self.store.mark(mark + name)
                 if self.store.create(name, content):
                     self.store.write(LAST_RESERVED + str(index), name.encode())
                     return name
@@ -268,23 +321,35 @@ class Allocator:
         return lines
 
     def release(self, cid: str, ifname: str) -> None:
-        """The pair's leases; when it has none, legacy files holding only the ID.
+        """The pair's leases, found by reading every lease (so those without a
+        marker go too); when it has none, legacy files holding only the ID.
         Also empty files: a writer killed between create and write (perhaps
-        this pair's) left them, and under the lock no write is in progress."""
+        this pair's) left them, and under the lock no write is in progress.
+        Then the pair's markers whose lease is gone."""
         owners = self.owners()
         names = [n for n, o in owners.items() if o == cid + " " + ifname]
         if not names:
             names = [n for n, o in owners.items() if o == cid]
-        for name in names + [n for n, o in owners.items() if o == ""]:
+        gone = names + [n for n, o in owners.items() if o == ""]
+        for name in gone:
             self.store.remove(name)
+        self.drop_marks(MARK + pair_hash(cid, ifname) + ".", gone)
 
     def gc(self, valid: Set[Tuple[str, str]]) -> None:
         """Releases every lease whose owner is not a valid pair, legacy files
-        whose ID is in no valid pair, and empty files. Unknown content is kept."""
+        whose ID is in no valid pair, and empty files. Unknown content is kept.
+        Then every marker whose lease is gone."""
         keep = {c + " " + i for c, i in valid} | {c for c, _ in valid}
+        gone = []
         for name, owner in self.owners().items():
             if owner is not None and owner not in keep:
                 self.store.remove(name)
+                gone.append(name)
+        for name in self.store.names():
+            if name.startswith(MARK):
+                address = name[len(MARK):].partition(".")[2]
+                if address and set(address) <= LEASE_NAME_CHARS and (address in gone or not self.store.read(address)):
+                    self.store.remove(name)
 
 
 def _in(address: str, subnet) -> bool:
