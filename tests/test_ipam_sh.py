@@ -141,9 +141,11 @@ def test_add_finds_the_pairs_lease_by_its_marker_only(shell, ipam29, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     (store / "10.244.1.2").write_bytes(b"c1\r\neth0")
+    assert call(shell, ipam29, store, "ipam_get c1 eth0").stdout == "10.244.1.2/29 10.244.1.1\n"  # no marker: read them all
     assert call(shell, ipam29, store, "ipam_add c1 eth0").stdout == "10.244.1.3/29 10.244.1.1\n"
     assert markers(store) == {"10.244.1.3": pair_hash("c1", "eth0")}
     assert call(shell, ipam29, store, "ipam_add c1 eth0").stdout == "10.244.1.3/29 10.244.1.1\n"
+    assert call(shell, ipam29, store, "ipam_get c1 eth0").stdout == "10.244.1.3/29 10.244.1.1\n"  # the marked one
     assert call(shell, ipam29, store, "ipam_del c1 eth0").returncode == 0
     assert (leases(store), markers(store)) == ({}, {})
 
@@ -405,6 +407,12 @@ def test_a_16_subnet_allocates_without_a_process_per_candidate(ipam29, tmp_path)
     prog = f'. "{script}"; IPAM_STORE="{store}"; ipam_add c1 eth0'
     r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), "dash", "-c", prog], capture_output=True, text=True)
     assert (r.returncode, r.stdout) == (0, "10.244.3.234/16 10.244.0.1\n")  # 1002 = 3*256 + 234
+    execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
+    assert [os.path.basename(e) for e in execs[1:]] == ["flock"], execs
+    # CHECK's lookup too, while the markers cover every range set
+    prog = f'. "{script}"; IPAM_STORE="{store}"; ipam_get c1 eth0'
+    r = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-o", str(trace), "dash", "-c", prog], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, "10.244.3.234/16 10.244.0.1\n")
     execs = [re.search(r'execve\("([^"]+)"', line).group(1) for line in trace.read_text().splitlines() if "execve(" in line and "= 0" in line]
     assert [os.path.basename(e) for e in execs[1:]] == ["flock"], execs
 

@@ -123,7 +123,7 @@ def test_sigkill_at_random_moments_never_duplicates_nor_keeps_the_lock(shell, ip
     """Many ADDs (and DELs), each process group SIGKILLed after a random delay.
     Afterwards the lock is free, no address has two owners, each pair holds at
     most one lease, new ADDs succeed with fresh addresses, and a DEL of every
-    pair leaves the store clean (no lease, no temp file)."""
+    pair leaves the store clean (no lease, no temp file, no marker)."""
     store = tmp_path / "store"
     rng = random.Random(4)  # reproducible delays
     ids = [f"k{i}" for i in range(60)]

@@ -1933,9 +1933,18 @@ ipam_gc() {
 	ipam_locked gc
 }
 
-# ipam_op_get ID IFNAME: per range set, the pair's lease in it. Lock held.
+# ipam_op_get ID IFNAME: per range set, the pair's lease in it: found by the pair's
+# markers, or, when they leave a range set without one, by reading every lease
+# (a lease podnet did not write, or wrote before it left markers). Lock held.
 ipam_op_get() {
-	ipam_find "$1" "$2"
+	ipam_marked "$1" "$2"
+	for IPAM_RANGE in $IPAM_RANGES; do
+		ipam_parse_range "$IPAM_RANGE" || return 1
+		if ! ipam_held_in_range; then
+			ipam_find "$1" "$2"
+			break
+		fi
+	done
 	for IPAM_RANGE in $IPAM_RANGES; do
 		ipam_parse_range "$IPAM_RANGE" || return 1
 		if ipam_held_in_range; then

@@ -312,7 +312,11 @@ class Allocator:
         raise IpamError("no free address left in %s; release leases with DEL or GC" % rng.subnet, EXHAUSTED)
 
     def get(self, cid: str, ifname: str) -> List[str]:
-        held = self.held(cid, ifname)
+        """Per range set, the pair's lease in it: found by the pair's markers, or,
+        when they leave a range set without one, by reading every lease."""
+        held = self.marked(cid, ifname)
+        if not all(any(_in(a, rng.subnet) for a in held) for rng in self.ranges):
+            held = self.held(cid, ifname)
         lines = []
         for rng in self.ranges:
             mine = [a for a in held if _in(a, rng.subnet)]
