@@ -167,6 +167,27 @@ def test_markers_naming_no_lease_of_the_pair_are_ignored(shell, ipam29, tmp_path
     assert call(shell, ipam29, store, "ipam_del c1 eth0").returncode == 0
     assert leases(store) == {"10.244.1.2": b"c2\r\neth0"}
     assert sorted(p.name for p in store.iterdir() if p.name.startswith(MARK)) == [f"{MARK}{h}.10.244.1.2", f"{MARK}{h}.not-an-address"]
+    # once c2's lease goes, no marker may name its address, whosever it is
+    assert call(shell, ipam29, store, "ipam_del c2 eth0").returncode == 0
+    assert sorted(p.name for p in store.iterdir() if p.name.startswith(MARK)) == [f"{MARK}{h}.not-an-address"]
+
+
+def test_a_marker_a_killed_add_left_goes_with_the_lease_of_its_address(shell, ipam29, tmp_path):
+    """An ADD killed between its marker and its lease leaves the marker; another
+    pair then takes that address. Releasing that lease (DEL, or GC) removes both
+    pairs' markers of it."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / f"{MARK}{pair_hash('c1', 'eth0')}.10.244.1.2").write_bytes(b"")
+    assert call(shell, ipam29, store, "ipam_add c2 eth0").stdout == "10.244.1.2/29 10.244.1.1\n"
+    assert call(shell, ipam29, store, "ipam_add c3 eth0").stdout == "10.244.1.3/29 10.244.1.1\n"
+    names = lambda: sorted(p.name for p in store.iterdir() if p.name.startswith(MARK))  # noqa: E731
+    assert names() == sorted(f"{MARK}{pair_hash(c, 'eth0')}.10.244.1.{n}" for c, n in (("c1", 2), ("c2", 2), ("c3", 3)))
+    assert call(shell, ipam29, store, "ipam_del c2 eth0").returncode == 0
+    assert markers(store) == {"10.244.1.3": pair_hash("c3", "eth0")}
+    (store / f"{MARK}{pair_hash('c1', 'eth0')}.10.244.1.3").write_bytes(b"")
+    assert call(shell, ipam29, store, "ipam_gc", input="").returncode == 0
+    assert (leases(store), markers(store)) == ({}, {})
 
 
 @pytest.mark.parametrize("shell", ["dash", "busybox"])

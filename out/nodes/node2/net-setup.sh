@@ -332,8 +332,9 @@ ipam_op_add() {
 # lease (ipam_find), so that leases without a marker go too; when there are none,
 # the files older host-local versions wrote with the ID alone. Also removes
 # empty lease files: a writer killed between create and write (perhaps this
-# pair's) left them, and under the lock no write is in progress. Then the pair's
-# markers whose lease is gone. Lock held.
+# pair's) left them, and under the lock no write is in progress. Then every
+# marker naming a released address, and the pair's whose lease is missing or
+# empty. Lock held.
 ipam_op_del() {
 	ipam_find "$1" "$2"
 	ipam_pair_hash "$1" "$2"
@@ -344,13 +345,20 @@ ipam_op_del() {
 	for IPAM_ADDR in $IPAM_HELD $IPAM_EMPTY; do
 		set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
 	done
+	# shellcheck disable=SC2086 # addresses, split on purpose
+	ipam_marks_for $IPAM_HELD $IPAM_EMPTY
+	for IPAM_NAME in $IPAM_MARKS; do
+		set -- "$@" "$IPAM_STORE/$IPAM_NAME"
+	done
+	# the pair's markers whose lease was never written (a killed ADD's)
 	for IPAM_FILE in "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."*; do
 		IPAM_NAME=${IPAM_FILE#"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."}
-		ipam_is_lease_name "$IPAM_NAME" || continue
-		case " $IPAM_HELD $IPAM_EMPTY " in
-		*" $IPAM_NAME "*) set -- "$@" "$IPAM_FILE" ;;
-		*) [ -s "$IPAM_STORE/$IPAM_NAME" ] || set -- "$@" "$IPAM_FILE" ;;
-		esac
+		if ipam_is_lease_name "$IPAM_NAME" && [ ! -s "$IPAM_STORE/$IPAM_NAME" ]; then
+			case " $IPAM_MARKS " in
+			*" ${IPAM_FILE##*/} "*) ;;
+			*) set -- "$@" "$IPAM_FILE" ;;
+			esac
+		fi
 	done
 	if [ "$#" -gt 0 ]; then
 		rm -f -- "$@"
@@ -362,12 +370,18 @@ ipam_op_del() {
 # Lock held.
 ipam_op_give_back() {
 	IPAM_PAIR="$1 $2"
-	ipam_pair_hash "$1" "$2"
+	IPAM_GONE=
 	set --
 	for IPAM_ADDR in $IPAM_TAKEN; do
 		if ipam_read_owner "$IPAM_STORE/$IPAM_ADDR" && [ "$IPAM_OWNER" = "$IPAM_PAIR" ]; then
-			set -- "$@" "$IPAM_STORE/$IPAM_ADDR" "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$IPAM_ADDR"
+			set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
+			IPAM_GONE="$IPAM_GONE $IPAM_ADDR"
 		fi
+	done
+	# shellcheck disable=SC2086 # addresses, split on purpose
+	ipam_marks_for $IPAM_GONE
+	for IPAM_NAME in $IPAM_MARKS; do
+		set -- "$@" "$IPAM_STORE/$IPAM_NAME"
 	done
 	IPAM_TAKEN=
 	if [ "$#" -gt 0 ]; then
@@ -423,6 +437,20 @@ ipam_marked() {
 		if ipam_is_lease_name "$IPAM_NAME" && ipam_read_owner "$IPAM_STORE/$IPAM_NAME" && [ "$IPAM_OWNER" = "$1 $2" ]; then
 			IPAM_HELD="$IPAM_HELD $IPAM_NAME"
 		fi
+	done
+}
+
+# ipam_marks_for ADDRESS...: sets IPAM_MARKS to the names (space-separated) of the
+# markers that name one of the ADDRESSes, whichever pair's: once a lease goes, no
+# marker may name its address (one a killed ADD left for another pair included).
+ipam_marks_for() {
+	IPAM_MARKS=
+	for IPAM_A; do
+		for IPAM_FILE in "$IPAM_STORE/$IPAM_MARK".*".$IPAM_A"; do
+			if [ -e "$IPAM_FILE" ] && [ "${IPAM_FILE#"$IPAM_STORE/$IPAM_MARK".*.}" = "$IPAM_A" ]; then
+				IPAM_MARKS="$IPAM_MARKS ${IPAM_FILE##*/}"
+			fi
+		done
 	done
 }
 
@@ -564,8 +592,9 @@ ipam_take() {
 # ipam_reserve ADDRESS ID IFNAME INDEX: creates the pair's marker (IPAM_HASH), then
 # the lease file exclusively (noclobber: O_EXCL, so it fails when the address is
 # taken) with its whole content in one write(2), then records ADDRESS in
-# last_reserved_ip.INDEX. No process is started. A writer killed between create and write leaves an empty
-# file: every operation treats it as garbage (see ipam_take, ipam_op_del, gc).
+# last_reserved_ip.INDEX. No process is started. A writer killed between create
+# and write leaves an empty file: every operation treats it as garbage (see
+# ipam_take, ipam_op_del, gc).
 ipam_reserve() {
 	# the marker first: a lease podnet wrote always has one (one that exists
 	# already, or an orphan left by a killed writer, is as good)
@@ -600,11 +629,16 @@ ipam_read_last() {
 	fi
 }
 
-# ipam_undo: releases the leases this ipam_op_add call took (IPAM_TAKEN).
+# ipam_undo: releases the leases this ipam_op_add call took (IPAM_TAKEN), and the
+# markers naming them.
 ipam_undo() {
-	for IPAM_ADDR in $IPAM_TAKEN; do
-		rm -f -- "$IPAM_STORE/$IPAM_ADDR" "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$IPAM_ADDR"
+	# shellcheck disable=SC2086 # addresses, split on purpose
+	ipam_marks_for $IPAM_TAKEN
+	set --
+	for IPAM_ADDR in $IPAM_TAKEN $IPAM_MARKS; do
+		set -- "$@" "$IPAM_STORE/$IPAM_ADDR"
 	done
+	[ "$#" -eq 0 ] || rm -f -- "$@"
 }
 
 # ipam_ip2int DOTTED: sets IPAM_INT; 1 unless DOTTED is a dotted-quad IPv4

@@ -226,12 +226,13 @@ class Allocator:
         return [name for name, owner in self.owners().items() if owner == cid + " " + ifname]
 
     def marks(self, prefix: str) -> List[Tuple[str, str]]:
-        """(marker, address) of every marker named PREFIX + ADDRESS."""
+        """(marker, the rest of its name) of every marker named PREFIX + REST, REST
+        an address (PREFIX ending in a pair's hash) or HASH.ADDRESS (PREFIX = MARK)."""
         out = []
         for name in self.store.names():
-            address = name[len(prefix):]
-            if name.startswith(prefix) and address and set(address) <= LEASE_NAME_CHARS:
-                out.append((name, address))
+            rest = name[len(prefix):]
+            if name.startswith(prefix) and rest and set(rest) <= LEASE_NAME_CHARS:
+                out.append((name, rest))
         return out
 
     def marked(self, cid: str, ifname: str) -> List[str]:
@@ -244,11 +245,13 @@ class Allocator:
                 out.append(address)
         return out
 
-    def drop_marks(self, prefix: str, gone: List[str]) -> None:
-        """Removes the markers named PREFIX + ADDRESS whose lease is in GONE or
-        is missing or empty."""
-        for name, address in self.marks(prefix):
-            if address in gone or not self.store.read(address):
+    def drop_marks(self, gone: List[str], mine: str = "") -> None:
+        """Removes every marker naming an address in GONE, whichever pair's (once
+        a lease goes, no marker may name its address), and the markers of the
+        pair hashed MINE whose lease is missing or empty (a killed ADD's)."""
+        for name, address in self.marks(MARK):
+            digest, _, address = address.partition(".")
+            if address in gone or (digest == mine and not self.store.read(address)):
                 self.store.remove(name)
 
     def add(self, cid: str, ifname: str) -> List[str]:
@@ -271,10 +274,9 @@ class Allocator:
                     taken.append(address)
                 lines.append(rng.line(address))
         except BaseException:
-            mark = MARK + pair_hash(cid, ifname) + "."
             for address in taken:
                 self.store.remove(address)
-                self.store.remove(mark + address)
+            self.drop_marks(taken)
             for name, content in last.items():
                 if content is None:
                     self.store.remove(name)
@@ -329,7 +331,8 @@ class Allocator:
         marker go too); when it has none, legacy files holding only the ID.
         Also empty files: a writer killed between create and write (perhaps
         this pair's) left them, and under the lock no write is in progress.
-        Then the pair's markers whose lease is gone."""
+        Then every marker naming a released address, and the pair's whose lease
+        is missing or empty."""
         owners = self.owners()
         names = [n for n, o in owners.items() if o == cid + " " + ifname]
         if not names:
@@ -337,7 +340,7 @@ class Allocator:
         gone = names + [n for n, o in owners.items() if o == ""]
         for name in gone:
             self.store.remove(name)
-        self.drop_marks(MARK + pair_hash(cid, ifname) + ".", gone)
+        self.drop_marks(gone, pair_hash(cid, ifname))
 
     def gc(self, valid: Set[Tuple[str, str]]) -> None:
         """Releases every lease whose owner is not a valid pair, legacy files
