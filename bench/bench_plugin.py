@@ -27,7 +27,7 @@ Figures:
     the node with libcni's stdin and environment; a step's share is the difference
     between consecutive cuts.
 
-usage: python bench/bench_plugin.py [--rounds 60] [--store-leases 100] [--parallel 32] [--parallel-rounds 5]   (root; `make driver` first)
+usage: python bench/bench_plugin.py [--rounds 150] [--store-leases 100] [--parallel 32] [--parallel-rounds 5]   (root; `make driver` first)
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def install_floor(podnet, root: Path) -> CniNode:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=150)
     p.add_argument("--store-leases", type=int, default=100)
     p.add_argument("--parallel", type=int, default=32)
     p.add_argument("--parallel-rounds", type=int, default=5)
