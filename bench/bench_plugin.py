@@ -209,7 +209,7 @@ def prologue(node, pod: Pod, runs: int = 200, rounds: int = 5) -> None:
 def fill_store(node, count: int) -> None:
     """The leases of `count` other pods (64-hex IDs, as runtimes make them) in the
     node's store, at the top of its subnet: the rounds' round-robin allocation
-    reaches them after ≈ 150 ADDs and then steps over them, as on a busy node."""
+    reaches them after ≈ 150 ADDs and steps over them all in one ADD, as on a busy node."""
     subnet = ipaddress.ip_network(plugin_entries(node.conf)[0]["ipam"]["ranges"][0][0]["subnet"])
     store = node.cni_dir / "networks" / node.name
     for k in range(count):
