@@ -1,9 +1,10 @@
 """Topology -> OUT: plan, render and write, one artifact at a time (plus the manifest).
 
-A large compile uses both cores: a forked worker renders, hashes and stages the
-second half of the node files while this process does the rest; it hands back what
-it staged, and this process alone commits (one sync, renames, manifest last). If
-either side fails, every temporary file of both is removed and nothing is renamed.
+A large compile uses both cores: a forked worker plans, renders, hashes and stages
+the second half of the node directories while this process does the rest; it hands
+back what it staged, and this process alone commits (one sync, renames, manifest
+last). If either side fails, every temporary file of both is removed and nothing is
+renamed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import pickle
 import threading
 import traceback
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
-from compiler.model import Topology
-from compiler.plan import Artifact, plan, source_name
+from compiler.model import Node, Topology
+from compiler.plan import Artifact, node_files, plan, plan_cluster, plan_nodes, source_name
 from compiler.render import inputs_key, render
 from compiler.write import Change, TreeWriter
 
@@ -26,8 +27,9 @@ from compiler.write import Change, TreeWriter
 # Small, so per-node files pass through without holding memory.
 _CACHE_SIZE = 32
 
-# From this many artifacts to render on, a second process pays for its start (a
-# fork and handing back a few MB); below it, one process is faster.
+# From this many node files on, a second process pays for its start (a fork and
+# handing back a few MB), also when the index spares their rendering: the worker
+# builds its half of the node views too; below it, one process is faster.
 PARALLEL_MIN = 2000
 
 
@@ -38,12 +40,13 @@ def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: boo
     writer = TreeWriter(out_dir, check=check, on_change=on_change)
     worker: Optional[_Worker] = None
     try:
-        planned = plan(topo)
-        # a worker pays where most files are rendered: not when the index vouches for most
-        mine, theirs = _share(planned) if not check and _parallel(len(planned) - writer.indexed) else (planned, [])
-        if theirs:
-            worker = _Worker(writer, theirs)
-        _emit(writer, mine)
+        if not check and _parallel(len(node_files(topo)) * len(topo.nodes)):
+            mine, theirs = _split(topo.nodes)
+            worker = _Worker(writer, lambda: _by_path(plan_nodes(topo, theirs)))
+            planned = _by_path(plan_cluster(topo) + plan_nodes(topo, mine))
+        else:
+            planned = plan(topo)
+        _emit(writer, planned)
         if worker:
             writer.merge(worker.result())
         pending = writer.finish(topology_bytes, source_name(topo.source))
@@ -63,16 +66,17 @@ def _parallel(count: int) -> bool:
     return count >= PARALLEL_MIN and hasattr(os, "fork") and cpus > 1 and threading.active_count() == 1
 
 
-def _share(planned: List[Artifact]) -> Tuple[List[Artifact], List[Artifact]]:
-    """(this process's, the worker's): the worker takes the later half of the node
-    directories, this process the rest (which holds the cluster-wide files, the slower ones)."""
-    names = sorted({a.path.split("/")[1] for a in planned if a.path.startswith("nodes/")})
+def _split(nodes: Sequence[Node]) -> Tuple[List[Node], List[Node]]:
+    """(this process's, the worker's): the worker takes the later half of the nodes
+    by name (whole directories), this process the rest and the cluster-wide files
+    (the slower ones)."""
+    names = sorted(n.name for n in nodes)
     theirs = set(names[len(names) // 2:])
+    return [n for n in nodes if n.name not in theirs], [n for n in nodes if n.name in theirs]
 
-    def worker_s(a: Artifact) -> bool:
-        return a.path.startswith("nodes/") and a.path.split("/")[1] in theirs
 
-    return [a for a in planned if not worker_s(a)], [a for a in planned if worker_s(a)]
+def _by_path(artifacts: List[Artifact]) -> List[Artifact]:
+    return sorted(artifacts, key=lambda a: a.path)
 
 
 def _emit(writer: TreeWriter, artifacts: Sequence[Artifact]) -> None:
@@ -100,10 +104,11 @@ class WorkerFailed(RuntimeError):
 
 
 class _Worker:
-    """A forked process that emits `artifacts` into its copy of `writer` (staging, not
-    renaming) and sends back what that writer recorded (TreeWriter.delta)."""
+    """A forked process that plans its artifacts (`make`) and emits them into its copy
+    of `writer` (staging, not renaming) and sends back what that writer recorded
+    (TreeWriter.delta)."""
 
-    def __init__(self, writer: TreeWriter, artifacts: Sequence[Artifact]):
+    def __init__(self, writer: TreeWriter, make: Callable[[], List[Artifact]]):
         self._result: Optional[tuple] = None
         self._merged = False
         read, write = os.pipe()
@@ -113,7 +118,7 @@ class _Worker:
             status = 1
             try:
                 try:
-                    _emit(writer, artifacts)
+                    _emit(writer, make())
                     payload: tuple = ("ok", writer.delta())
                 except BaseException:
                     writer.abort()

@@ -11,7 +11,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from compiler import ansible, review
 from compiler.model import CNI_VERSIONS, IPAddress, IPNetwork, Node, Topology, text
@@ -80,14 +80,22 @@ def route_table_ids(topo: Topology) -> List[Tuple[str, str, str, int]]:
 
 
 def plan(topo: Topology) -> List[Artifact]:
-    src = source_name(topo.source)
-    common = {"source": src, "network": _network_view(topo)}
-    out: List[Artifact] = [
-        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table_ids(topo)}),
-        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, route_table(topo))}),
-    ]
+    """Every artifact of `topo`, sorted by path."""
+    return sorted(plan_cluster(topo) + plan_nodes(topo, topo.nodes), key=lambda a: a.path)
+
+
+def node_files(topo: Topology) -> List[Tuple[str, int]]:
+    """(name, mode) of the files in every node's directory, as plan_nodes makes them."""
+    return [("net-setup.sh", 0o755), (conf_name(topo), 0o644), ("routes.sh", 0o755), ("podnet-ipam.py", 0o755)]
+
+
+def plan_nodes(topo: Topology, nodes: Sequence[Node]) -> List[Artifact]:
+    """The files of `nodes`' directories (node_files), in `nodes`' order. A compile
+    of many nodes builds half of them in a forked worker (artifacts.compile_into)."""
+    common = {"source": source_name(topo.source), "network": _network_view(topo)}
     conf = conf_name(topo)
-    for node in topo.nodes:
+    out: List[Artifact] = []
+    for node in nodes:
         config = cni_config(topo, node)
         view = {**common, "node": _node_view(topo, node, config)}
         base = f"nodes/{node.name}"
@@ -98,10 +106,24 @@ def plan(topo: Topology) -> List[Artifact]:
             # IPAM without util-linux flock: the plugin runs it from its own directory
             Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
         ]
+    return out
+
+
+def plan_cluster(topo: Topology) -> List[Artifact]:
+    """The cluster-wide files: routes.table, README.md, router/routes.sh (routing:
+    router) and the Ansible files, which ship every node's files (known by name
+    and mode, node_files, without building them)."""
+    src = source_name(topo.source)
+    common = {"source": src, "network": _network_view(topo)}
+    out: List[Artifact] = [
+        Artifact("routes.table", 0o644, "template", "routes.table.j2", {**common, "routes": route_table_ids(topo)}),
+        Artifact("README.md", 0o644, "template", "README.md.j2", {**common, **review.view(topo, route_table(topo))}),
+    ]
     if topo.network.routing == "router":
         out.append(Artifact("router/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": router_routes_view(topo)}))
-    out += ansible.artifacts(topo, out)  # derives the files it ships from `out`: keep it last
-    return sorted(out, key=lambda a: a.path)
+    shipped = [Artifact(f"nodes/{node.name}/{name}", mode, "") for node in topo.nodes for name, mode in node_files(topo)]
+    out += ansible.artifacts(topo, out + shipped)  # derives the files it ships from these: keep it last
+    return out
 
 
 def _network_view(topo: Topology) -> Dict[str, Any]:

@@ -11,7 +11,7 @@ import pytest
 
 from compiler import artifacts, render
 from compiler.artifacts import compile_into
-from compiler.plan import Artifact, plan
+from compiler.plan import Artifact, node_files, plan, plan_nodes
 from compiler.topology import load_topology
 from compiler.write import INDEX
 from helpers import REPO, podnet, write_topology
@@ -219,9 +219,9 @@ def test_parallel_compile_writes_what_a_serial_one_does(monkeypatch, tmp_path):
     monkeypatch.setattr(artifacts, "PARALLEL_MIN", 10**9)
     compile_counting(monkeypatch, topo, tmp_path / "serial")
     monkeypatch.setattr(artifacts, "PARALLEL_MIN", 0)  # always
-    mine, theirs = artifacts._share(plan(load_topology(str(topo))))
-    assert {a.path.split("/")[1] for a in theirs} == {"node2", "node3"}  # the later half, whole directories
-    assert not {a.path for a in mine} & {a.path for a in theirs}
+    mine, theirs = artifacts._split(load_topology(str(topo)).nodes)
+    assert [n.name for n in theirs] == ["node2", "node3"]  # the later half, whole directories
+    assert [n.name for n in mine] == ["node1"]
     out = tmp_path / "parallel"
     changes, rendered = compile_counting(monkeypatch, topo, out)
     assert not any(p.startswith(("nodes/node2/", "nodes/node3/")) for p in rendered)  # the worker's (in its process)
@@ -233,6 +233,15 @@ def test_parallel_compile_writes_what_a_serial_one_does(monkeypatch, tmp_path):
     monkeypatch.setattr(artifacts, "PARALLEL_MIN", 10**9)
     changes, rendered = compile_counting(monkeypatch, topo, out)
     assert changes == [] and rendered == []
+
+
+def test_the_shipped_node_files_are_the_planned_ones(tmp_path):
+    """The Ansible files ship node_files without building them: the same names and
+    modes as plan_nodes makes, in every directory; plan is both halves."""
+    topo = load_topology(str(write_topology(tmp_path, THREE_NODES)))
+    for node in topo.nodes:
+        assert [(a.path, a.mode) for a in plan_nodes(topo, [node])] == [(f"nodes/{node.name}/{n}", m) for n, m in node_files(topo)]
+    assert sorted(a.path for a in plan(topo)) == sorted(a.path for a in artifacts.plan_cluster(topo) + plan_nodes(topo, topo.nodes))
 
 
 @pytest.mark.parametrize("failing", ["nodes/node3/routes.sh", "README.md"])  # the worker's, this process's
