@@ -118,7 +118,6 @@ class TreeWriter:
         self._dirs: Set[str] = set()  # directories known to exist
         self._old_index, self._index_time = ({}, 0) if check else _read_index(out_dir)
         self.index: Dict[str, IndexEntry] = {}  # this run's, written by commit()
-        self.indexed = len(self._old_index)  # files the previous run recorded
         self._unstatted: List[str] = []  # index paths whose stat is taken after commit
 
     def unchanged(self, path: str, mode: int, inputs: Optional[str]) -> bool:

@@ -245,13 +245,14 @@ class Allocator:
                 out.append(address)
         return out
 
-    def drop_marks(self, gone: List[str], mine: str = "") -> None:
+    def drop_marks(self, gone: List[str], mine: Optional[str] = "") -> None:
         """Removes every marker naming an address in GONE, whichever pair's (once
-        a lease goes, no marker may name its address), and the markers of the
-        pair hashed MINE whose lease is missing or empty (a killed ADD's)."""
+        a lease goes, no marker may name its address), and the markers whose lease
+        is missing or empty (a killed ADD's): the pair hashed MINE's, every pair's
+        when MINE is None, none when MINE is ""."""
         for name, address in self.marks(MARK):
             digest, _, address = address.partition(".")
-            if address in gone or (digest == mine and not self.store.read(address)):
+            if address in gone or (mine in (None, digest) and not self.store.read(address)):
                 self.store.remove(name)
 
     def add(self, cid: str, ifname: str) -> List[str]:
@@ -352,11 +353,7 @@ class Allocator:
             if owner is not None and owner not in keep:
                 self.store.remove(name)
                 gone.append(name)
-        for name in self.store.names():
-            if name.startswith(MARK):
-                address = name[len(MARK):].partition(".")[2]
-                if address and set(address) <= LEASE_NAME_CHARS and (address in gone or not self.store.read(address)):
-                    self.store.remove(name)
+        self.drop_marks(gone, None)
 
 
 def _in(address: str, subnet) -> bool:
