@@ -254,6 +254,15 @@ def with_mounts(node, top: Path, count: int) -> None:
         raise SystemExit(f"bench_plugin: expected at least {count} mounts in the node's calls, saw {seen}")
 
 
+def busy_figure(label: str, times: Dict[str, Dict[str, List[float]]]) -> None:
+    """Prints ADD and DEL of podnet against the reference, with both CPU times."""
+    for command in ("ADD", "DEL"):
+        pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
+        cpu = ", ".join(f"{name} {statistics.median(values[f'{command} cpu']) * 1000:.1f} ms" for name, values in times.items())
+        print(f"{label} {command:5s} podnet {stats(times['podnet'][command])}  "
+              f"reference {stats(times['reference'][command])}  ratio {pn / rf:.3f}  (CPU: {cpu})")
+
+
 def install_floor(podnet, root: Path) -> CniNode:
     """bench/floor-plugin.sh as plugin type "podnet-floor" in podnet's node (its
     bridge, made by podnet's warm-up ADD, is the one the floor plugin uses)."""
@@ -315,20 +324,10 @@ def main() -> None:
                 busy = {name: node for name, node in nodes.items() if name != "floor"}
                 for node in busy.values():
                     fill_store(node, a.store_leases)
-                times = latency(spaces, busy, a.rounds)
-                for command in ("ADD", "DEL"):
-                    pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
-                    cpu = ", ".join(f"{name} {statistics.median(times[name][f'{command} cpu']) * 1000:.1f} ms" for name in busy)
-                    print(f"store of {a.store_leases} other pods' leases {command:5s} podnet {stats(times['podnet'][command])}  "
-                          f"reference {stats(times['reference'][command])}  ratio {pn / rf:.3f}  (CPU: {cpu})")
+                busy_figure(f"store of {a.store_leases} other pods' leases", latency(spaces, busy, a.rounds))
                 for name, node in busy.items():
                     with_mounts(node, work / f"mnt-{name}", a.mounts)
-                times = latency(spaces, busy, a.rounds)
-                for command in ("ADD", "DEL"):
-                    pn, rf = statistics.median(times["podnet"][command]), statistics.median(times["reference"][command])
-                    cpu = ", ".join(f"{name} {statistics.median(times[name][f'{command} cpu']) * 1000:.1f} ms" for name in busy)
-                    print(f"the same and {a.mounts} more mounts {command:5s} podnet {stats(times['podnet'][command])}  "
-                          f"reference {stats(times['reference'][command])}  ratio {pn / rf:.3f}  (CPU: {cpu})")
+                busy_figure(f"the same and {a.mounts} more mounts", latency(spaces, busy, a.rounds))
             if masq:
                 for name, node in nodes.items():
                     print(f"processes started per ADD ({name}): {forks(spaces, node, name[:3])}")
