@@ -93,19 +93,19 @@ def plan_nodes(topo: Topology, nodes: Sequence[Node]) -> List[Artifact]:
     """The files of `nodes`' directories (node_files), in `nodes`' order. A compile
     of many nodes builds half of them in a forked worker (artifacts.compile_into)."""
     common = {"source": source_name(topo.source), "network": _network_view(topo)}
-    conf = conf_name(topo)
+    files = node_files(topo)
     out: List[Artifact] = []
     for node in nodes:
         config = cni_config(topo, node)
         view = {**common, "node": _node_view(topo, node, config)}
-        base = f"nodes/{node.name}"
-        out += [
-            Artifact(f"{base}/net-setup.sh", 0o755, "template", "net-setup.sh.j2", view),
-            Artifact(f"{base}/{conf}", 0o644, "json", data=config),
-            Artifact(f"{base}/routes.sh", 0o755, "template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
+        made = {  # (renderer, template, data) of each of node_files
+            "net-setup.sh": ("template", "net-setup.sh.j2", view),
+            conf_name(topo): ("json", "", config),
+            "routes.sh": ("template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
             # IPAM without util-linux flock: the plugin runs it from its own directory
-            Artifact(f"{base}/podnet-ipam.py", 0o755, "template", "plugin/podnet-ipam.py.j2", view),
-        ]
+            "podnet-ipam.py": ("template", "plugin/podnet-ipam.py.j2", view),
+        }
+        out += [Artifact(f"nodes/{node.name}/{name}", mode, *made[name]) for name, mode in files]
     return out
 
 

@@ -350,14 +350,12 @@ ipam_op_del() {
 	for IPAM_NAME in $IPAM_MARKS; do
 		set -- "$@" "$IPAM_STORE/$IPAM_NAME"
 	done
-	# the pair's markers whose lease was never written (a killed ADD's)
+	# the pair's markers whose lease was never written (a killed ADD's); one named
+	# twice is no matter to rm -f
 	for IPAM_FILE in "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."*; do
 		IPAM_NAME=${IPAM_FILE#"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH."}
 		if ipam_is_lease_name "$IPAM_NAME" && [ ! -s "$IPAM_STORE/$IPAM_NAME" ]; then
-			case " $IPAM_MARKS " in
-			*" ${IPAM_FILE##*/} "*) ;;
-			*) set -- "$@" "$IPAM_FILE" ;;
-			esac
+			set -- "$@" "$IPAM_FILE"
 		fi
 	done
 	if [ "$#" -gt 0 ]; then
