@@ -15,7 +15,8 @@ from compiler.allocate import PoolExhausted, allocate
 from compiler.diagnostics import Diagnostic, dotted
 from compiler.load import Document
 from compiler.model import DEFAULTS, IPNetwork, Pool, node_prefix_length
-from compiler.plan import NHID_SPAN, nexthop_id, subnet_index
+from compiler.ansible import NODES_GROUP, ROUTER_HOST
+from compiler.plan import BIN_HELPERS, NHID_SPAN, SHELL_NAMES, nexthop_id, subnet_index
 
 Rule = Callable[["Facts"], Iterator[Diagnostic]]
 Path = Tuple[Any, ...]
@@ -231,7 +232,9 @@ def nexthop_ids(f: Facts) -> Iterator[Diagnostic]:
     Said at the pinned subnet's podCIDR (the later node's when both are pinned)."""
     for version, pool in sorted(f.pools.items()):
         prefix = f.prefixes[version]
-        if prefix is None or prefix - pool.prefixlen <= NHID_SPAN.bit_length() - 1:
+        if prefix is None or not pool.prefixlen <= prefix <= pool.max_prefixlen - 2:
+            continue  # node_prefix_fits says so
+        if prefix - pool.prefixlen <= NHID_SPAN.bit_length() - 1:
             continue
         paths: List[Optional[Path]] = []  # the podCIDR of each node that pins a usable subnet
         pinned: List[Optional[IPNetwork]] = []
@@ -298,11 +301,33 @@ def ipam_range(f: Facts) -> Iterator[Diagnostic]:
         for key, value in (("rangeStart", start), ("rangeEnd", end)):
             if value is not None and value > last:
                 yield f.doc.at(("network", key), f"network.{key}: offset {value} is outside a /{prefix} node subnet, whose pod addresses are offsets 1..{last}")
-    if start is not None and end is not None:
-        if start > end:
-            yield f.doc.at(("network", "rangeEnd"), f"network.rangeEnd: {end} is before network.rangeStart {start}")
-        elif start == end == 1:
+    # rangeStart's default is offset 1; a malformed one (the schema says so) is skipped,
+    # and so is a rangeEnd below 1
+    first = 1 if "rangeStart" not in f.net else start
+    if first is not None and end is not None and end >= 1:
+        if first > end:
+            yield f.doc.at(("network", "rangeEnd"), f"network.rangeEnd: {end} is before network.rangeStart {first}")
+        elif first == end == 1:
             yield f.doc.at(("network", "rangeEnd"), "network.rangeEnd: the range holds only the gateway (offset 1); no address is left for pods")
+
+
+def shipped_names(f: Facts) -> Iterator[Diagnostic]:
+    """Names the artifacts give meaning to elsewhere: a node's name is a host in the
+    Ansible inventory, beside its fixed group and (router mode) router host; the
+    plugin's name is its file in the CNI bin dir, beside the helpers shipped there, and
+    the plugin tells whether a shell sources it (tests) by that name."""
+    reserved = {NODES_GROUP: "the Ansible inventory's group of the nodes", "all": "Ansible's group of every host", "ungrouped": "Ansible's group of hosts in no group"}
+    if f.net.get("routing", DEFAULTS["routing"]) == "router":
+        reserved[ROUTER_HOST] = "the router's host in the Ansible inventory"
+    for i, n in enumerate(f.nodes):
+        name = n.get("name")
+        if isinstance(name, str) and name in reserved:
+            yield f.doc.at(("nodes", i, "name"), f"nodes[{i}].name: {name!r} is taken by {reserved[name]}; choose another name")
+    plugin = f.net.get("plugin")
+    if plugin in BIN_HELPERS:
+        yield f.doc.at(("network", "plugin"), f"network.plugin: {plugin!r} is the name of the helper shipped beside the plugin; choose another name")
+    elif plugin in SHELL_NAMES:
+        yield f.doc.at(("network", "plugin"), f"network.plugin: {plugin!r} is the name of a shell, which the plugin takes as being sourced; choose another name")
 
 
 def _name(f: Facts, i: int) -> str:
@@ -324,6 +349,7 @@ RULES: Tuple[Rule, ...] = (
     router_mode,
     bridge_not_underlay,
     ipam_range,
+    shipped_names,
 )
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import yaml
 from yaml.error import MarkedYAMLError, YAMLError
+from yaml.reader import ReaderError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -40,6 +41,9 @@ class Document:
     # path -> (line, col) of the value; keys of mappings under path + ("<key>",)
     positions: Dict[JsonPath, tuple] = field(default_factory=dict)
     key_positions: Dict[JsonPath, tuple] = field(default_factory=dict)
+    # what the YAML itself got wrong (a duplicate key, a tag, a bad scalar): reported
+    # with the schema's and the rules' findings, which skip the parts these name
+    problems: List[Diagnostic] = field(default_factory=list)
 
     def at(self, path: JsonPath, message: str, key: bool = False) -> Diagnostic:
         """A diagnostic at `path`, falling back to the nearest known ancestor."""
@@ -79,8 +83,13 @@ def load_bytes(raw: bytes, filename: str) -> Document:
             c = e.context_mark
             problem = f"{e.context} (at line {c.line + 1}, column {c.column + 1}): {e.problem}"
         return _fail(filename, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, f"YAML syntax error: {problem}")
+    except ReaderError as e:  # a character YAML does not allow (a control character, say)
+        before = text[: e.position]
+        line, col = before.count("\n") + 1, e.position - (before.rfind("\n") + 1) + 1
+        what = f": U+{e.character:04X}" if isinstance(e.character, int) else ""
+        return _fail(filename, line, col, f"YAML syntax error: {e.reason}{what}")
     except YAMLError as e:
-        return _fail(filename, 1, 1, f"YAML error: {e}")
+        return _fail(filename, 1, 1, f"YAML error: {' '.join(str(e).split())}")
     except RecursionError:
         return _fail(filename, 1, 1, f"nesting deeper than {MAX_DEPTH} levels; refusing it")
     nodes = [n for n in nodes if n is not None]
@@ -93,9 +102,7 @@ def load_bytes(raw: bytes, filename: str) -> Document:
     _budget(root, filename)
     builder = _Builder(filename)
     data = builder.build(root, ())
-    if builder.diagnostics:
-        raise InputError(filename, builder.diagnostics)
-    return Document(filename, text, data, builder.positions, builder.key_positions)
+    return Document(filename, text, data, builder.positions, builder.key_positions, builder.diagnostics)
 
 
 def _fail(filename: str, line: int, col: int, message: str):
@@ -103,13 +110,18 @@ def _fail(filename: str, line: int, col: int, message: str):
 
 
 def _budget(root: Node, filename: str) -> None:
-    """Refuse documents whose alias expansion would be huge (billion laughs)."""
+    """Refuse documents whose alias expansion would be huge (billion laughs), or
+    endless: a node that contains itself (`a: &x [*x]`)."""
     sizes: Dict[int, int] = {}
+    open_: Set[int] = set()  # nodes whose children are being sized: the path from the root
     stack = [(root, False)]
     while stack:
         node, done = stack.pop()
         if id(node) in sizes:
             continue
+        if not done and id(node) in open_:
+            m = node.start_mark
+            _fail(filename, m.line + 1, m.column + 1, "an alias refers to a node that contains it (a recursive alias); refusing it")
         children: List[Node] = []
         if isinstance(node, SequenceNode):
             children = list(node.value)
@@ -122,7 +134,9 @@ def _budget(root: Node, filename: str) -> None:
                 m = node.start_mark
                 _fail(filename, m.line + 1, m.column + 1, f"document expands to more than {MAX_NODES} YAML nodes (alias bomb?); refusing it")
             sizes[id(node)] = total
+            open_.discard(id(node))
             continue
+        open_.add(id(node))
         stack.append((node, True))
         for c in children:
             if id(c) not in sizes:
@@ -149,13 +163,13 @@ class _Builder:
             return self._mapping(node, path)
         if isinstance(node, SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                self.err(node, f"unsupported YAML tag {_tag(node.tag)!r}", path)
+                self.err(node, f"{dotted(path)}: unsupported YAML tag {_tag(node.tag)!r}", path)
             return [self.build(item, path + (i,)) for i, item in enumerate(node.value)]
         return self._scalar(node, path)
 
     def _mapping(self, node: MappingNode, path: JsonPath) -> Dict[str, Any]:
         if node.tag != "tag:yaml.org,2002:map":
-            self.err(node, f"unsupported YAML tag {_tag(node.tag)!r}", path)
+            self.err(node, f"{dotted(path)}: unsupported YAML tag {_tag(node.tag)!r}", path)
         out: Dict[str, Any] = {}
         for knode, vnode in node.value:
             if knode.tag == "tag:yaml.org,2002:merge":
@@ -164,7 +178,9 @@ class _Builder:
             if not isinstance(knode, ScalarNode):
                 self.err(knode, f"{dotted(path)}: mapping keys must be strings", path)
                 continue
-            key = knode.value if knode.tag == "tag:yaml.org,2002:str" else str(self._scalar(knode, path))
+            if knode.tag != "tag:yaml.org,2002:str":
+                self._scalar(knode, path)  # (reports a tag it does not support)
+            key = knode.value  # as written: `~` and `true` stay so, not Python's None and True
             kpath = path + (key,)
             if key in out:
                 first = self.key_positions[kpath]
@@ -182,10 +198,11 @@ class _Builder:
         try:
             return _construct(tag, node.value)
         except ValueError as e:
-            self.err(node, f"invalid {_tag(tag)} scalar {node.value!r}: {e}", path)
+            shown = node.value if len(node.value) <= SHOWN_MAX else node.value[:SHOWN_MAX] + f"... ({len(node.value)} characters)"
+            self.err(node, f"{dotted(path)}: invalid {_tag(tag)} scalar {shown!r}: {e}", path)
             return None
         except KeyError:
-            self.err(node, f"unsupported YAML tag {_tag(tag)!r}", path)
+            self.err(node, f"{dotted(path)}: unsupported YAML tag {_tag(tag)!r}", path)
             return None
 
 
@@ -199,6 +216,12 @@ _CORE = [
     ("tag:yaml.org,2002:int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")),
     ("tag:yaml.org,2002:float", re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")),
 ]
+
+
+_INT = next(p for t, p in _CORE if t.endswith(":int"))
+_FLOAT = next(p for t, p in _CORE if t.endswith(":float"))
+DIGITS_MAX = 100  # a number longer than this is a mistake (and Python refuses ints over 4,300 digits)
+SHOWN_MAX = 40  # characters of a bad scalar quoted in its error
 
 
 def _resolve_1_2(value: str) -> str:
@@ -220,12 +243,19 @@ def _construct(tag: str, value: str) -> Any:
             raise ValueError("not true or false")
         return value.lower() == "true"
     if tag == "tag:yaml.org,2002:int":
+        # (the core schema's spellings only: Python's int() would also take "1_500")
+        if not _INT.match(value):
+            raise ValueError("not an integer")
+        if len(value) > DIGITS_MAX:
+            raise ValueError(f"more than {DIGITS_MAX} digits")
         if value.startswith("0o"):
             return int(value[2:], 8)
         if value.startswith("0x"):
             return int(value[2:], 16)
         return int(value, 10)
     if tag == "tag:yaml.org,2002:float":
+        if not (_FLOAT.match(value) or _INT.match(value)) or len(value) > DIGITS_MAX:
+            raise ValueError("not a number")
         special = {".inf": "inf", "-.inf": "-inf", "+.inf": "inf", ".nan": "nan"}
         return float(special.get(value.lower(), value))
     raise KeyError(tag)

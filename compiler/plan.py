@@ -84,9 +84,15 @@ def plan(topo: Topology) -> List[Artifact]:
     return sorted(plan_cluster(topo) + plan_nodes(topo, topo.nodes), key=lambda a: a.path)
 
 
+IPAM_HELPER = "podnet-ipam.py"  # IPAM without util-linux flock; the plugin runs it from its own directory
+BIN_HELPERS = (IPAM_HELPER,)  # shipped into the CNI bin dir beside the plugin (ansible.py: nodes/<node>/*.py)
+# The names of $0 that tell the plugin a shell is sourcing it (main.sh.j2's `sourced`)
+SHELL_NAMES = ("sh", "dash", "ash", "bash", "busybox", "ksh", "mksh")
+
+
 def node_files(topo: Topology) -> List[Tuple[str, int]]:
     """(name, mode) of the files in every node's directory, as plan_nodes makes them."""
-    return [("net-setup.sh", 0o755), (conf_name(topo), 0o644), ("routes.sh", 0o755), ("podnet-ipam.py", 0o755)]
+    return [("net-setup.sh", 0o755), (conf_name(topo), 0o644), ("routes.sh", 0o755), (IPAM_HELPER, 0o755)]
 
 
 def plan_nodes(topo: Topology, nodes: Sequence[Node]) -> List[Artifact]:
@@ -102,8 +108,7 @@ def plan_nodes(topo: Topology, nodes: Sequence[Node]) -> List[Artifact]:
             "net-setup.sh": ("template", "net-setup.sh.j2", view),
             conf_name(topo): ("json", "", config),
             "routes.sh": ("template", "routes.sh.j2", {**common, "routes": node_routes_view(topo, node)}),
-            # IPAM without util-linux flock: the plugin runs it from its own directory
-            "podnet-ipam.py": ("template", "plugin/podnet-ipam.py.j2", view),
+            IPAM_HELPER: ("template", "plugin/podnet-ipam.py.j2", view),
         }
         out += [Artifact(f"nodes/{node.name}/{name}", mode, *made[name]) for name, mode in files]
     return out

@@ -17,8 +17,15 @@ def load_topology(filename: str) -> Topology:
 
 
 def build(doc: Document) -> Topology:
-    problems = list(schema.check(doc))
-    problems += checks.check(doc)
+    """Every problem of the document in one error: the YAML's own (Document.problems),
+    then the schema's and the rules', except at or under a part the YAML's name (a
+    duplicate key's second value is dropped, a bad scalar is None: saying so again
+    would only repeat them)."""
+    flagged = {p.path for p in doc.problems}
+    problems = list(doc.problems)
+    for p in list(schema.check(doc)) + list(checks.check(doc)):
+        if not any(p.path[: len(f)] == f for f in flagged):
+            problems.append(p)
     if problems:
         raise InputError(doc.filename, _dedupe(problems))
     return canonicalise(doc)

@@ -3,6 +3,7 @@ allocation, the quoting filter."""
 
 import ipaddress
 import json
+import re
 
 import pytest
 
@@ -11,6 +12,7 @@ from compiler.allocate import PoolExhausted, allocate
 from compiler.diagnostics import InputError
 from compiler.model import DEFAULTS, Pool
 from compiler.render import ShellWord, _shell_finalize, sh_quote
+from helpers import REPO
 
 
 def test_loader_records_positions_of_keys_and_values():
@@ -200,3 +202,14 @@ def test_manifest_text_is_json_dumps_indented():
     for artifacts in ({}, {"x": {"mode": "0644", "sha256": "1" * 64, "size": 1, "extra": True}}):
         m["artifacts"] = artifacts
         assert manifest_text(m) == json.dumps(m, sort_keys=True, indent=2) + "\n"
+
+
+def test_shell_names_are_the_plugins_own():
+    """The plugin names checks refuse (plan.SHELL_NAMES) are the ones its `sourced` takes
+    for a shell sourcing it: a plugin so named would do nothing and exit 0."""
+    from compiler.plan import SHELL_NAMES
+
+    text = (REPO / "templates" / "plugin" / "main.sh.j2").read_text()
+    pattern = re.search(r"^\tcase \$\{0##\*/\} in\n\t(.*)\) return 0 ;;$", text, re.M)
+    assert pattern, "sourced() changed shape"
+    assert tuple(pattern.group(1).split(" | ")) == SHELL_NAMES
