@@ -190,6 +190,19 @@ def test_a_marker_a_killed_add_left_goes_with_the_lease_of_its_address(shell, ip
     assert (leases(store), markers(store)) == ({}, {})
 
 
+def test_a_retried_add_takes_the_address_its_killed_attempt_marked(shell, ipam29, tmp_path):
+    """An ADD killed between its marker and its lease, retried for the same pair
+    without a DEL: the marker exists already, which is as good as a new one (it once
+    ended dash and busybox ash: a failed redirection of `:`, a special built-in)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / f"{MARK}{pair_hash('c1', 'eth0')}.10.244.1.2").write_bytes(b"")
+    r = call(shell, ipam29, store, "ipam_add c1 eth0 && echo survived")
+    assert (r.returncode, r.stdout) == (0, "10.244.1.2/29 10.244.1.1\nsurvived\n"), r.stderr
+    assert leases(store) == {"10.244.1.2": b"c1\r\neth0"}
+    assert markers(store) == {"10.244.1.2": pair_hash("c1", "eth0")}
+
+
 @pytest.mark.parametrize("shell", ["dash", "busybox"])
 def test_give_back_removes_the_lease_and_its_marker(shell, ipam29, tmp_path):
     store = tmp_path / "store"

@@ -301,6 +301,14 @@ def test_gc_and_status(shell, netns, tmp_path):
 
     missing = node.cni("GC")
     assert missing.rc == 1 and missing.json["code"] == 7 and len(node.leases()) == 3, missing
+    # An entry the plugin cannot read keeps nothing alive, so GC refuses it (error 7)
+    # rather than release what that entry may name: here b's, spelt as Go would still
+    # match it, and an empty one.
+    for unread in ({"containerId": b.cid, "ifName": "eth0"}, {}, {"containerID": b.cid}, {"containerID": b.cid, "ifname": 7}):
+        keep = [{"containerID": a.cid, "ifname": "eth0"}, unread, {"containerID": c.cid, "ifname": "eth0"}]
+        refused = node.cni("GC", conf={**node.conf, "cni.dev/valid-attachments": keep})
+        assert refused.rc == 1 and refused.json["code"] == 7 and "nothing was released" in refused.json["details"], (unread, refused)
+        assert len(node.leases()) == 3 and len(node.veths()) == 3
     keep = [{"containerID": a.cid, "ifname": "eth0"}, {"containerID": b.cid, "ifname": "eth0"}]
     done = node.cni("GC", conf={**node.conf, "cni.dev/valid-attachments": keep})
     assert done.rc == 0 and done.stdout == "", done
@@ -372,8 +380,18 @@ def test_interface_names_that_are_ip_keywords_or_odd(ifname, netns, tmp_path):
     assert_clean(node, pod)
 
 
+NETNS_PATHS = {
+    "proc": ("", "{proc}"),
+    # a node where no named netns was ever made: `ip -n` needs the directory to climb from
+    "proc, no /run/netns": ("mount -t tmpfs none /run && ", "{proc}"),
+    # a path through /run/netns that leaves it: the file it names, not its last part
+    "through /run/netns": ("", "/run/netns/../..{proc}"),
+}
+
+
+@pytest.mark.parametrize("variant", NETNS_PATHS)
 @pytest.mark.parametrize("shell", SHELLS)
-def test_netns_given_as_a_proc_path(shell, netns, tmp_path):
+def test_netns_given_as_a_proc_path(shell, variant, netns, tmp_path):
     """CNI_NETNS outside /run/netns (as some runtimes pass it): /proc/PID/ns/net of a
     process living in the pod's namespace (one this test started and stops)."""
     import subprocess
@@ -392,13 +410,16 @@ def test_netns_given_as_a_proc_path(shell, netns, tmp_path):
                 break
             time.sleep(0.05)
         assert proc_path, "the holder process never entered the pod's namespace"
-        env = {"CNI_NETNS": proc_path}
-        added = node.cni("ADD", pod, env=env)
+        prefix, path = NETNS_PATHS[variant]
+        env = {"CNI_NETNS": path.format(proc=proc_path)}
+        script = prefix + 'exec $PLUGIN_SHELL "$PLUGIN"'
+        added = node.cni("ADD", pod, env=env, script=script)
         assert added.rc == 0, added
-        assert added.json["interfaces"][2]["sandbox"] == proc_path
+        assert added.json["interfaces"][2]["sandbox"] == env["CNI_NETNS"]
         assert "eth0" in node.link_names(pod.ns)
-        assert node.cni("CHECK", pod, conf=node.with_prev(added.json), env=env).rc == 0
-        assert node.cni("DEL", pod, env=env).rc == 0
+        assert node.cni("CHECK", pod, conf=node.with_prev(added.json), env=env, script=script).rc == 0
+        assert node.cni("DEL", pod, env=env, script=script).rc == 0
+        assert node.link_names(pod.ns) == ["lo"]
         assert_clean(node, pod)
     finally:
         holder.kill()

@@ -126,3 +126,41 @@ def test_lease_taken_beside_a_failed_host_side_is_given_back(shell, netns, tmp_p
     failed = node.cni("ADD", pod)
     assert failed.rc == 1 and "interface eth0 already exists in" in failed.json["msg"], failed
     assert node.leases() == {"10.244.1.7": f"{pod.cid} eth0"}
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_signal_while_the_links_and_lease_are_set_up_leaves_nothing(shell, netns, tmp_path):
+    """SIGTERM to ADD while its pipeline runs (the lease side waits for the store's
+    lock, held here; the host side has made the veth). The shell runs the trap once
+    the pipeline is done, which by then has made the pair, taken the lease and
+    configured the pod side: all of it is undone, as the error says."""
+    node = PluginNode(netns, tmp_path, shell=shell, masquerade=False)
+    pod = node.new_pod()
+    script = r"""
+        mkdir -p /var/lib/cni/networks/podnet
+        exec 8>>/var/lib/cni/networks/podnet/lock 3<&0
+        flock 8
+        $PLUGIN_SHELL "$PLUGIN" <&3 >"$OUT" 8>&- &
+        pid=$!
+        tries=0
+        until ip -o link show type veth | grep -q .; do
+            tries=$((tries + 1))
+            [ "$tries" -lt 200 ] || { echo "no veth after 10 s" >&2; exit 2; }
+            sleep 0.05
+        done
+        kill -TERM "$pid"
+        sleep 0.2
+        exec 8>&-
+        rc=0
+        wait "$pid" || rc=$?
+        echo "rc=$rc"
+    """
+    out = tmp_path / "result"
+    done = node.cni("ADD", pod, env={"OUT": str(out)}, script=script)
+    assert done.stdout.strip() == "rc=1", done
+    error = json.loads(out.read_text())
+    assert error["code"] == 11 and error["msg"] == "interrupted by a signal", error
+    assert node.veths() == [] and node.leases() == {}
+    assert [p.name for p in node.store().iterdir() if p.name.startswith(".podnet-pair.")] == []
+    assert node.link_names(pod.ns) == ["lo"]
+    assert node.cni("ADD", pod).rc == 0  # the retry the error asks for works

@@ -65,7 +65,7 @@ STDIN_READ=0 CFG_TEXT='' CFG_VERSION='' CFG_NAME='' CFG_TYPE='' CFG_HAS_PREV=0
 PREV_IFACES='' PREV_NIFACES=0 PREV_IFACES_RAW='' PREV_IPS='' PREV_IPS_RAW='' PREV_ROUTES='' PREV_ROUTES_RAW='' PREV_DNS_RAW=''
 GC_KEY='' GC_KEEP=''
 LEASES='' LINK_LINE='' GATEWAY='' EXPECT_ADDRS='' EXPECT_ROUTES='' R2_IPS='' BRIDGE_MAC='' VETH_MAC='' IF_MAC='' MAC='' JSON_ESC='' PROBLEMS=''
-ADD_VETH=0 ADD_LEASE=0 AM_PID='' HASH='' HASH_OF=''
+ADD_VETH=0 ADD_LEASE=0 ADD_PIPELINE=0 AM_PID='' HASH='' HASH_OF=''
 
 # ---------------------------------------------------------------------------
 # IPAM: leases in the on-disk format of the reference host-local plugin.
@@ -596,7 +596,9 @@ ipam_take() {
 ipam_reserve() {
 	# the marker first: a lease podnet wrote always has one (one that exists
 	# already, or an orphan left by a killed writer, is as good)
-	: 2>/dev/null >"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$1" || :
+	# (`true`, not `:`: a failed redirection of a special built-in such as `:` ends the
+	# shell in dash and busybox ash, `|| :` or not)
+	true 2>/dev/null >"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$1" || :
 	if ! printf '%s\r\n%s' "$2" "$3" 2>/dev/null >"$IPAM_STORE/$1"; then
 		return 1
 	fi
@@ -899,10 +901,20 @@ take_attachment() {
 		fail "$E_ENV" "invalid ${4}NETNS: $NETNS does not exist" "the container's network namespace must exist for $COMMAND"
 	fi
 	case $NETNS in
+	/run/netns/*/* | /var/run/netns/*/*) ns_ref_path ;;
 	/run/netns/* | /var/run/netns/*) NS_REF=${NETNS##*/} ;;
-	# `ip -n` takes a name under /run/netns: climb to / from there to reach any path.
-	*) NS_REF=../../..$NETNS ;;
+	*) ns_ref_path ;;
 	esac
+}
+
+# ns_ref_path: NS_REF for a NETNS that is not a name in iproute2's netns directory.
+# `ip -n` takes a name there (/run/netns; /var/run/netns where /var/run is not /run):
+# climb to / from it to reach any path. That needs the directory, which `ip netns
+# add` makes; a node where no named netns was ever made may have none (one process,
+# then never again).
+ns_ref_path() {
+	NS_REF=../../..$NETNS
+	[ -d /run/netns ] || [ -d /var/run/netns ] || mkdir -p /run/netns /var/run/netns 2>/dev/null || :
 }
 
 # valid_container_id ID: the spec's ^[A-Za-z0-9][A-Za-z0-9_.-]*$, at most 230 bytes
@@ -952,7 +964,7 @@ valid_netns_path() {
 # in the background, and the lease, the host side and the pod side as one pipeline
 # whose processes all start at once (add_links_and_lease).
 cmd_add() {
-	trap 'fail "$E_AGAIN" "interrupted by a signal" "nothing was left behind; retry ADD"' HUP INT TERM
+	trap add_interrupted HUP INT TERM
 	veth_name
 	add_masquerade_check
 	add_links_and_lease
@@ -967,6 +979,19 @@ cmd_add() {
 	else
 		print_result
 	fi
+}
+
+# add_interrupted: the trap of a signal during ADD; ADD fails, undoing what it did. The
+# shell runs it once the command at hand is done: for a signal that came while the
+# links and the lease were being set up (ADD_PIPELINE=1), once that pipeline is, when
+# what it made is not in ADD_VETH and ADD_LEASE yet; they are then set as when the
+# pipeline's report is missing.
+add_interrupted() {
+	if [ "$ADD_PIPELINE" = 1 ]; then
+		veth_is_ours && ADD_VETH=1
+		ADD_LEASE=1
+	fi
+	fail "$E_AGAIN" "interrupted by a signal" "nothing was left behind; retry ADD"
 }
 
 # veth_name: VETH, the host side's name, "veth" and the decimal 32-bit FNV-1a hash of
@@ -1022,6 +1047,7 @@ link set dev $VETH alias $ALIAS"
 	done
 	al_batch="$al_batch${NL}link set dev $BRIDGE up${NL}link show dev $VETH${NL}link set dev $VETH up${NL}link show dev $BRIDGE"
 	POD_RC=0
+	ADD_PIPELINE=1
 	al_out=$(
 		exec 3>&1
 		"$IP" -br -batch - 2>&1 <<EOF | add_lease_side 4>&1 >&3 | add_pod_ip
@@ -1062,6 +1088,7 @@ EOF
 		*"Command failed -:"[0-9]*) ADD_VETH=1 ;;
 		*) veth_is_ours && ADD_VETH=1 ;;
 		esac
+		ADD_PIPELINE=0
 		if [ "$ADD_VETH" = 1 ]; then
 			fail "$E_FAILED" "cannot set up the host side of $IFNAME" "$al_out"
 		fi
@@ -1073,6 +1100,7 @@ EOF
 	brief_mac "$al_out" "$VETH"
 	VETH_MAC=$MAC
 	add_lease "$al_lease"
+	ADD_PIPELINE=0
 }
 
 # HOST_BEGIN, HOST_END: the lines around add_lease_side's report. No line of the host
@@ -2243,8 +2271,13 @@ check_host() {
 cmd_gc() {
 	[ -n "$GC_KEY" ] || fail "$E_CONFIG" "GC needs cni.dev/valid-attachments in the network configuration" \
 		"without it every lease would look unused; nothing was released"
-	while read -r gc_id gc_if; do
-		[ -n "$gc_id$gc_if" ] || continue
+	# one "ID IFNAME" line per entry, blank where the entry lacks either as a string;
+	# every one must be valid: an entry it cannot read keeps nothing alive, so GC would
+	# release what that entry names
+	while IFS= read -r gc_line; do
+		[ -n "$gc_line" ] || continue  # (the end of GC_KEEP: each entry has its space)
+		gc_id=${gc_line%% *}
+		gc_if=${gc_line#* }
 		if ! valid_container_id "$gc_id" || ! valid_ifname "$gc_if"; then
 			fail "$E_CONFIG" "invalid entry in cni.dev/valid-attachments: containerID and ifname must be valid" "nothing was released"
 		fi
