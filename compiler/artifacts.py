@@ -120,6 +120,9 @@ class _Worker:
                 try:
                     _emit(writer, make())
                     payload: tuple = ("ok", writer.delta())
+                except OSError as e:  # the output directory's fault: said as such (cli)
+                    writer.abort()
+                    payload = ("oserror", (e.errno, e.strerror, e.filename))
                 except BaseException:
                     writer.abort()
                     payload = ("error", traceback.format_exc())
@@ -149,6 +152,8 @@ class _Worker:
     def result(self):
         """The worker's TreeWriter.delta(); raises WorkerFailed if it failed."""
         status, payload = self._wait()
+        if status == "oserror":
+            raise OSError(*payload)
         if status != "ok":
             raise WorkerFailed(f"compile worker failed:\n{payload}")
         self._merged = True

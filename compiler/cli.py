@@ -117,7 +117,10 @@ def _compile(args) -> int:
     def show(change) -> None:  # --check: the diff goes to stdout as soon as it is found
         print(change.diff(), end="")
 
-    pending = compile_into(args.output, topo, doc.text.encode(), check=args.check, on_change=show)
+    try:
+        pending = compile_into(args.output, topo, doc.text.encode(), check=args.check, on_change=show)
+    except OSError as e:
+        raise CommandFailed(f"cannot write {args.output!r}: {_os_error(e)}")
     if args.check:
         for change in pending:
             print(f"{args.output}/{change.path}: {change.kind}", file=sys.stderr)
@@ -137,7 +140,10 @@ def cmd_allocate(args) -> int:
     if args.write:
         from compiler.pin import pin_subnets
 
-        changed = pin_subnets(args.topology, topo)
+        try:
+            changed = pin_subnets(args.topology, topo)
+        except OSError as e:
+            raise CommandFailed(f"cannot write {args.topology!r}: {_os_error(e)}")
         print(f"{args.topology}: pinned {changed} node subnet{'s' if changed != 1 else ''}")
         return EXIT_OK
     width = max(len(n.name) for n in topo.nodes)
@@ -145,6 +151,12 @@ def cmd_allocate(args) -> int:
         how = "pinned" if all(n.pinned) else "allocated"
         print(f"{n.name:<{width}}  {' '.join(map(str, n.subnets))}  {how}")
     return EXIT_OK
+
+
+def _os_error(e: OSError) -> str:
+    """"No such file or directory (OUT/nodes)": what failed and where, without a traceback."""
+    where = f" ({e.filename})" if e.filename else ""
+    return f"{e.strerror or e}{where}"
 
 
 def cmd_verify(args) -> int:

@@ -46,11 +46,13 @@ def compare(old: Topology, new: Topology, new_doc: Document) -> Report:
         before = old_nodes.get(n.name)
         if before is None:
             continue
-        if before.addresses != n.addresses:
+        # by family: a cluster whose podCIDR lists its families the other way round
+        # has the same addresses and subnets
+        if _by_family(before.addresses) != _by_family(n.addresses):
             lines.append(f"address changed: {n.name} {_addrs(before)} -> {_addrs(n)}")
         if before.interface != n.interface:
             lines.append(f"interface changed: {n.name} {before.interface} -> {n.interface}")
-        if before.subnets != n.subnets:
+        if _by_family(before.subnets) != _by_family(n.subnets):
             how = "pinned" if all(n.pinned) else "allocated, not pinned"
             lines.append(f"subnet moved: {n.name} {_subnets(before)} -> {_subnets(n)} ({how})")
             moves.append(_move_error(new_doc, index, before, n))
@@ -58,6 +60,10 @@ def compare(old: Topology, new: Topology, new_doc: Document) -> Report:
     if not lines:
         lines.append("no change to the network, nodes, subnets or routes")
     return Report(lines, moves)
+
+
+def _by_family(values) -> Dict[int, object]:
+    return {v.version: v for v in values}
 
 
 def _addrs(node) -> str:
@@ -87,12 +93,13 @@ def _show(value) -> str:
 
 def _move_error(doc: Document, index: int, before, after) -> Diagnostic:
     old, new = _subnets(before), _subnets(after)
+    value = old if len(before.subnets) == 1 else f"[{old}]"  # as YAML reads it back
     if all(after.pinned):
-        where, hint = ("nodes", index, "podCIDR"), f"pin it back (podCIDR: {old})"
+        where, hint = ("nodes", index, "podCIDR"), f"pin it back (podCIDR: {value})"
     else:
         where = ("nodes", index)
         hint = (f"it is allocated, not pinned, so a node added or removed before it shifted it: pin it "
-                f"(podCIDR: {old}; `podnet allocate OLD --write` pins every subnet before an edit)")
+                f"(podCIDR: {value}; `podnet allocate OLD --write` pins every subnet before an edit)")
     return doc.at(where, f"node {after.name}: pod subnet moves from {old} to {new}; its running pods keep "
                          f"addresses from {old} and lose their routes. {hint[0].upper() + hint[1:]}, "
                          f"or pass --allow-move after draining the node")
@@ -104,9 +111,9 @@ def routes_by_host(topo: Topology) -> Dict[str, Set[Route]]:
     net = topo.network
     hosts: Dict[str, Set[Route]] = {}
     if net.routing == "router":
-        via = str(net.router)
+        # each family's pod range via that family's router (net.routers follows net.pools)
         for n in topo.nodes:
-            hosts[n.name] = {(str(p.cidr), via) for p in net.pools if net.router is not None and p.family == net.router.version}
+            hosts[n.name] = {(str(p.cidr), str(r)) for p, r in zip(net.pools, net.routers)}
         hosts[ROUTER] = {(dst, nexthop) for dst, nexthop, _ in table}
         return hosts
     for n in topo.nodes:

@@ -34,12 +34,16 @@ from compiler.write import replace_file
 KEY = "podCIDR"
 AFTER = ("interface", "address")  # the inserted key follows the first of these present
 Value = Union[str, List[str]]  # a node's pinned podCIDR: one subnet, or one per family
+# What to pin, by the node's index in `nodes` (not by name: the round-trip loader reads
+# some names the topology loader takes as strings, 0b101 say, as numbers): its name
+# (for messages) and value.
+Todo = Dict[int, Tuple[str, Value]]
 
 
 def pin_subnets(path: str, topo: Topology) -> int:
     """Pins each allocated (not pinned) node subnet of `topo` into the file at
     `path`; returns how many were pinned. Writes nothing when there is none."""
-    todo = {n.name: pin_value(n) for n in topo.nodes if not all(n.pinned)}
+    todo = {i: (n.name, pin_value(n)) for i, n in enumerate(topo.nodes) if not all(n.pinned)}
     if not todo:
         return 0
     with open(path, encoding="utf-8", newline="") as f:
@@ -56,15 +60,15 @@ def pin_value(node) -> Value:
     return subnets[0] if len(subnets) == 1 else subnets
 
 
-def pinned_text(path: str, text: str, todo: Dict[str, Value]) -> str:
+def pinned_text(path: str, text: str, todo: Todo) -> str:
     """`text` with `podCIDR: VALUE` added to (or, where only some families were
-    pinned, completed on) each node named in `todo`."""
+    pinned, completed on) each node in `todo`."""
     yaml = _round_trip(text)
     data = yaml.load(text)
     nodes = data["nodes"]
-    for node in nodes:
-        if isinstance(node, CommentedMap) and node.get("name") in todo:
-            value = _yaml_value(todo[node["name"]])
+    for i, node in enumerate(nodes):
+        if isinstance(node, CommentedMap) and i in todo:
+            value = _yaml_value(todo[i][1])
             if KEY in node:
                 node[KEY] = value  # a dual-stack node with one family pinned
             else:
@@ -90,14 +94,14 @@ def pinned_text(path: str, text: str, todo: Dict[str, Value]) -> str:
     return new_text
 
 
-def _insert_lines(text: str, nodes: list, todo: Dict[str, Value]):
+def _insert_lines(text: str, nodes: list, todo: Todo):
     """The file's lines with `podCIDR: SUBNET` after each unpinned node's `interface`
     or `address` line, at that key's column; None when a node is in flow style."""
     lines = text.splitlines(keepends=True)
     newline = "\r\n" if "\r\n" in text else "\n"
     inserts: List[Tuple[int, str]] = []
-    for node in nodes:
-        if not isinstance(node, CommentedMap) or node.get("name") not in todo:
+    for i, node in enumerate(nodes):
+        if not isinstance(node, CommentedMap) or i not in todo:
             continue
         prev = next((k for k in AFTER if k in node), None)
         if prev is None or node.fa.flow_style():
@@ -105,7 +109,7 @@ def _insert_lines(text: str, nodes: list, todo: Dict[str, Value]):
         line, col = node.lc.key(prev)
         if line + 1 > len(lines) or KEY in node:
             return None
-        inserts.append((line + 1, " " * col + f"{KEY}: {_plain(todo[node['name']])}{newline}"))
+        inserts.append((line + 1, " " * col + f"{KEY}: {_plain(todo[i][1])}{newline}"))
     for at, new in sorted(inserts, reverse=True):
         if at == len(lines) and not lines[-1].endswith("\n"):
             lines[-1] += newline
@@ -170,15 +174,17 @@ def _move_following_comments(node: CommentedMap, prev: str) -> None:
     items[KEY] = [None, None, moved, None]
 
 
-def _verify(path: str, old: str, new: str, todo: Dict[str, Value]) -> None:
+def _verify(path: str, old: str, new: str, todo: Todo) -> None:
     """Refuses a result that changed anything but the pinned lines."""
     problems: List[Tuple[int, str]] = []
     check = YAML(typ="safe", pure=True).load(new)
-    for raw in check.get("nodes", []):
-        if isinstance(raw, dict) and raw.get("name") in todo and raw.get(KEY) != todo[raw["name"]]:
-            problems.append((1, f"node {raw['name']}: pinning failed"))
+    nodes = check.get("nodes", []) if isinstance(check, dict) else []
+    for i, (name, value) in sorted(todo.items()):
+        raw = nodes[i] if i < len(nodes) else None
+        if not isinstance(raw, dict) or raw.get(KEY) != value:
+            problems.append((1, f"node {name}: pinning failed"))
     old_lines, new_lines = old.splitlines(), new.splitlines()
-    values = list(todo.values())
+    values = [value for _, value in todo.values()]
     matcher = difflib.SequenceMatcher(a=old_lines, b=new_lines, autojunk=False)
     for op, a1, a2, b1, b2 in matcher.get_opcodes():
         if op == "equal":
@@ -189,7 +195,7 @@ def _verify(path: str, old: str, new: str, todo: Dict[str, Value]) -> None:
             continue
         problems.append((a1 + 1, f"pinning would also change line {a1 + 1} ({(old_lines[a1:a2] or [''])[0].strip()!r})"))
     if problems:
-        hints = "; ".join(f"{name}: {KEY}: {_plain(value)}" for name, value in sorted(todo.items()))
+        hints = "; ".join(f"{name}: {KEY}: {_plain(value)}" for name, value in sorted(todo.values()))
         raise InputError(path, [Diagnostic(line, 1, f"{msg}; the file is unchanged: add these lines by hand instead ({hints})") for line, msg in problems[:1]])
 
 

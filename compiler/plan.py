@@ -141,7 +141,7 @@ def _network_view(topo: Topology) -> Dict[str, Any]:
         "mtu": net.mtu,
         "masquerade": masquerades(topo),
         "routing": net.routing,
-        "router": str(net.router) if net.router else "",
+        "router": ", ".join(map(str, net.routers)),  # router mode: one per family
         "data_dir": net.data_dir,
         # IPAM lease store, like host-local: DATADIR/NETWORK
         "ipam_store": ipam_store(topo),

@@ -60,8 +60,8 @@ def _installed_on(topo: Topology, owner: str) -> str:
 def _routes_intro(topo: Topology) -> str:
     net = topo.network
     if net.routing == "router":
-        ranges = ", ".join(str(p.cidr) for p in net.pools)
-        return (f"Routing `router`: each node routes the pod range {ranges} via the router {net.router} on its "
+        ranges = ", ".join(f"{p.cidr} via the router {r}" for p, r in zip(net.pools, net.routers))
+        return (f"Routing `router`: each node routes the pod range {ranges} on its "
                 f"underlay interface (its own subnet stays on `{md(net.bridge)}`); the router installs every line "
                 f"of this table (`router/routes.sh` with `routes.table`).")
     return ("Routing `static`: each node's `routes.sh` installs every line of this table (`routes.table`) "
@@ -88,7 +88,7 @@ def diagram(topo: Topology) -> List[str]:
     if net.routing == "router" and net.router is not None:
         router = mermaid_id("router")
         lines += [
-            f"  {router}{{{{{mermaid_label(f'router {net.router}')}}}}}",
+            f"  {router}{{{{{mermaid_label('router ' + ', '.join(map(str, net.routers)))}}}}}",
             f"  {router} --- {underlay}",
         ]
     shown = topo.nodes[:DIAGRAM_MAX_NODES]

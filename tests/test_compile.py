@@ -257,3 +257,23 @@ def test_dual_stack_example_compiles(tmp_path):
     scripts = [str(p) for p in sorted(tmp_path.glob("nodes/*/*.sh"))]
     r = subprocess.run(["shellcheck", "-s", "sh", "-S", "style", *scripts], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize("nodes", [3, 600], ids=["one process", "with the forked worker"])
+def test_an_unwritable_output_is_one_line_not_a_traceback(tmp_path, nodes):
+    """-o naming a regular file (or nothing): one `podnet compile: cannot write` line
+    naming the path, exit 1, also when the forked worker (600 nodes) meets it."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from gen_topology import generate
+
+    topo = tmp_path / "t.yaml"
+    topo.write_text(THREE_NODES if nodes == 3 else generate(nodes, pinned=True))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    for out, why in ((str(blocker), "Not a directory"), (str(blocker / "out"), "Not a directory"), ("", "No such file or directory")):
+        r = podnet("compile", str(topo), "-o", out)
+        assert r.returncode == 1, r
+        (line,) = r.stderr.splitlines()
+        assert line.startswith(f"podnet compile: cannot write {out!r}: {why}"), line
+    assert blocker.read_text() == "not a directory\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "t.yaml"]

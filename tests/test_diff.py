@@ -155,3 +155,47 @@ def test_compile_check_shows_a_hand_edit(tmp_path: Path):
     assert r.returncode == 1
     assert "-10.244.2.0/24 192.168.1.99 node2 1800000002\n+10.244.2.0/24 192.168.1.3 node2 1800000002\n" in r.stdout
     assert table.read_text() != original  # --check did not repair it
+
+
+DUAL = """
+network:
+  podCIDR: {pods}
+  routing: router
+  router: [192.168.1.1, "{router6}"]
+nodes:
+  - name: node1
+    address: [192.168.1.2, "fd00:1::2"]
+    podCIDR: [10.244.1.0/24, "fd00:10:244:1::/64"]
+  - name: node2
+    address: [192.168.1.3, "fd00:1::3"]
+"""
+
+
+def test_dual_stack_families_listed_the_other_way_round_move_nothing(tmp_path: Path):
+    old = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1"), "old.yaml")
+    new = write_topology(tmp_path, DUAL.format(pods='["fd00:10:244::/56", 10.244.0.0/16]', router6="fd00:1::1"), "new.yaml")
+    r = diff(old, new)
+    assert r.returncode == 0, r.stderr
+    assert "moved" not in r.stdout and "address changed" not in r.stdout and "routes" not in r.stdout, r.stdout
+
+
+def test_dual_stack_router_mode_knows_each_familys_router(tmp_path: Path):
+    old = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1"), "old.yaml")
+    new = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::99"), "new.yaml")
+    r = diff(old, new)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1:] == [
+        "  network: routers 192.168.1.1, fd00:1::1 -> 192.168.1.1, fd00:1::99",
+        "  routes added:",
+        "    fd00:10:244::/56 via fd00:1::99 on every node",
+        "  routes removed:",
+        "    fd00:10:244::/56 via fd00:1::1 on every node",
+    ]
+
+
+def test_a_moved_dual_stack_subnet_is_pinned_back_as_a_list(tmp_path: Path):
+    old = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1"), "old.yaml")
+    text = DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1").replace("10.244.1.0/24", "10.244.7.0/24")
+    r = diff(old, write_topology(tmp_path, text, "new.yaml"))
+    assert r.returncode == 1
+    assert "Pin it back (podCIDR: [10.244.1.0/24, fd00:10:244:1::/64])" in r.stderr, r.stderr

@@ -75,6 +75,21 @@ def test_pinning_does_not_move_any_subnet(tmp_path: Path):
     assert podnet("validate", str(path)).returncode == 0
 
 
+def test_names_another_yaml_reader_takes_for_numbers_or_booleans_are_pinned(tmp_path: Path):
+    """podnet reads node names by YAML 1.2's core schema (0b101 and `on` are strings);
+    the round-trip editor reads 0b101 as a number, and `on` as a boolean under a
+    %YAML 1.1 directive. Each node is pinned all the same (they are matched by their
+    place in the list, not by name)."""
+    for directive, name in (("", "0b101"), ("%YAML 1.1\n---\n", "on")):
+        path = tmp_path / "topology.yaml"
+        path.write_text(f"{directive}network:\n  podCIDR: 10.244.0.0/16\nnodes:\n  - name: {name}\n    address: 192.168.1.2\n"
+                        "  - name: node2\n    address: 192.168.1.3\n")
+        r = pin(path)
+        assert r.returncode == 0 and r.stdout == f"{path}: pinned 2 node subnets\n", r
+        listed = podnet("allocate", str(path)).stdout.split()
+        assert listed == [name, "10.244.0.0/24", "pinned", "node2", "10.244.1.0/24", "pinned"], listed
+
+
 def test_second_write_changes_nothing(tmp_path: Path):
     path = tmp_path / "topology.yaml"
     path.write_text(RICH)
@@ -169,9 +184,9 @@ def test_dual_stack_nodes_get_one_subnet_per_family():
     from compiler.pin import pinned_text
 
     todo = {
-        "a": ["10.244.5.0/24", "fd00:10:244::/64"],
-        "b": ["10.244.0.0/24", "fd00:10:244:1::/64"],
-        "c": ["10.244.1.0/24", "fd00:10:244:2::/64"],
+        0: ("a", ["10.244.5.0/24", "fd00:10:244::/64"]),
+        1: ("b", ["10.244.0.0/24", "fd00:10:244:1::/64"]),
+        2: ("c", ["10.244.1.0/24", "fd00:10:244:2::/64"]),
     }
     new = pinned_text("t.yaml", DUAL, todo)
     assert changes(DUAL, new) == [

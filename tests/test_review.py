@@ -102,6 +102,24 @@ def test_router_mode_draws_the_router(tmp_path: Path):
     assert "each node routes the pod range 10.244.0.0/16 via the router 192.168.5.1" in page
 
 
+def test_dual_stack_router_mode_names_both_routers(tmp_path: Path):
+    text = """
+network:
+  podCIDR: [10.244.0.0/16, "fd00:10:244::/56"]
+  routing: router
+  router: [192.168.5.1, "fd00:5::1"]
+nodes:
+  - name: a
+    address: [192.168.5.2, "fd00:5::2"]
+"""
+    page = compile_page(tmp_path, text)
+    lines = mermaid(page)
+    check_mermaid(lines)
+    assert '  n_router{{"router 192.168.5.1, fd00:5::1"}}' in lines
+    assert "routing `router` via router 192.168.5.1, fd00:5::1," in page
+    assert "the pod range 10.244.0.0/16 via the router 192.168.5.1, fd00:10:244::/56 via the router fd00:5::1 on" in page
+
+
 def test_page_is_deterministic_and_independent_of_the_checkout(tmp_path: Path):
     pages = []
     for where in ("a", "b/c"):
