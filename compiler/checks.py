@@ -211,6 +211,10 @@ def addresses_outside_pods(f: Facts) -> Iterator[Diagnostic]:
         pool = f.pools.get(router.version)
         if pool is not None and router in pool:
             yield f.doc.at(path, f"{dotted(path)}: {router} is inside network.podCIDR {pool}")
+        if router.is_unspecified or router.is_loopback or router.is_multicast:
+            yield f.doc.at(path, f"{dotted(path)}: {router} cannot be the router's underlay address")
+        if f.pools and pool is None:
+            yield f.doc.at(path, f"{dotted(path)}: {router} is {FAMILY[router.version]}, but network.podCIDR has no {FAMILY[router.version]} range")
 
 
 def capacity(f: Facts) -> Iterator[Diagnostic]:

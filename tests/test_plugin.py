@@ -302,13 +302,16 @@ def test_gc_and_status(shell, netns, tmp_path):
     missing = node.cni("GC")
     assert missing.rc == 1 and missing.json["code"] == 7 and len(node.leases()) == 3, missing
     # An entry the plugin cannot read keeps nothing alive, so GC refuses it (error 7)
-    # rather than release what that entry may name: here b's, spelt as Go would still
-    # match it, and an empty one.
-    for unread in ({"containerId": b.cid, "ifName": "eth0"}, {}, {"containerID": b.cid}, {"containerID": b.cid, "ifname": 7}):
+    # rather than release what that entry may name (b's); keys spelt in another case
+    # are read as Go reads them.
+    for unread in ({}, {"containerID": b.cid}, {"containerID": b.cid, "ifname": 7}, {"containerID": b.cid, "ifname": "eth0", "IFNAME": ""}):
         keep = [{"containerID": a.cid, "ifname": "eth0"}, unread, {"containerID": c.cid, "ifname": "eth0"}]
         refused = node.cni("GC", conf={**node.conf, "cni.dev/valid-attachments": keep})
         assert refused.rc == 1 and refused.json["code"] == 7 and "nothing was released" in refused.json["details"], (unread, refused)
         assert len(node.leases()) == 3 and len(node.veths()) == 3
+    keep = [{"containerID": a.cid, "ifname": "eth0"}, {"containerId": b.cid, "IfName": "eth0"}, {"ContainerID": c.cid, "ifname": "eth0"}]
+    done = node.cni("GC", conf={**node.conf, "Cni.Dev/Valid-Attachments": keep})
+    assert done.rc == 0 and len(node.leases()) == 3 and len(node.veths()) == 3, done
     keep = [{"containerID": a.cid, "ifname": "eth0"}, {"containerID": b.cid, "ifname": "eth0"}]
     done = node.cni("GC", conf={**node.conf, "cni.dev/valid-attachments": keep})
     assert done.rc == 0 and done.stdout == "", done

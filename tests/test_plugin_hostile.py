@@ -84,6 +84,8 @@ def config_cases(conf):
         ("single-quotes", "{'name': 'podnet'}", 6, "decode"),
         ("too-deep", deep, 6, "decode"),
         ("too-large", json.dumps({**conf, "padding": "x" * 300_000}), 6, "decode"),
+        # valid JSON, but joining 250,000 lines took the shell 30 s: refused after 4,096
+        ("too-many-lines", "{" + "\n" * 250_000 + json.dumps(conf)[1:], 6, "more than 4096 lines"),
         ("version-unknown", json.dumps({**conf, "cniVersion": "9.9.9"}), 1, "9.9.9"),
         ("version-missing", json.dumps({k: v for k, v in conf.items() if k != "cniVersion"}), 1, "incompatible"),
         ("version-0.1.0", json.dumps({**conf, "cniVersion": "0.1.0"}), 1, "0.1.0"),
@@ -96,6 +98,11 @@ def config_cases(conf):
         ("name-quoted", json.dumps({**conf, "name": 'podnet";touch x;"'}), 7, "network"),
         ("type-wrong", json.dumps({**conf, "type": "bridge"}), 7, "type"),
         ("bridge-mismatch", json.dumps({**conf, "bridge": "cni9"}), 7, "bridge"),
+        # keys as Go's decoder matches them, which a plugin in Go would read as bridge / mtu
+        ("bridge-escaped-key", json.dumps({**conf, "bridge": "cni9"}).replace('"bridge"', '"bridg\\u0065"'), 7, "bridge"),
+        ("bridge-other-case", json.dumps({**conf, "bridge": "cni9"}).replace('"bridge"', '"Bridge"'), 7, "bridge"),
+        ("mtu-folded-key", json.dumps({**conf, "mtu": 9000}).replace('"mtu"', '"MTU"'), 7, "mtu"),
+        ("version-long-s", json.dumps({**conf, "cniVersion": "9.9.9"}).replace('"cniVersion"', '"cniVer\\u017fion"'), 1, "9.9.9"),
         ("mtu-mismatch", json.dumps({**conf, "mtu": 9000}), 7, "mtu"),
         ("mtu-string", json.dumps({**conf, "mtu": "1400"}), 7, "mtu"),
         ("prevresult-string", json.dumps({**conf, "prevResult": "x"}), 7, "prevResult"),

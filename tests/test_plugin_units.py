@@ -123,6 +123,20 @@ def test_config_reader_extracts_prev_result_and_attachments(shell, plugin):
     ]
 
 
+@pytest.mark.parametrize("shell", SHELLS, ids=["dash", "busybox"])
+def test_config_reader_reads_escapes_and_key_spellings_as_go_does(shell, plugin):
+    """Strings keep only the escapes they need: \\/ and \\u of printable ASCII are their
+    characters (a name spelt pod\\u006eet is podnet); a member is found whatever the
+    case of its key, as Go's decoder finds a struct field (a later one wins)."""
+    text = ('{"CNIVERSION":"1.0.0","n\\u0061me":"pod\\u006eet","Type":"podnet","mtu":1500,'
+            '"PrevResult":{"Interfaces":[{"NAME":"eth0","sandbox":"\\/run\\/netns\\/x\\u00e9\\u0022"}]},'
+            '"cni.dev\\/Valid-Attachments":[{"containerid":"a1","IFNAME":"eth0"}]}')
+    script = 'load_config; printf "%s|%s|%s|%s\\n" "$CFG_VERSION" "$CFG_NAME" "$CFG_TYPE" "$CFG_HAS_PREV"; printf "%s" "$PREV_IFACES"; printf "%s" "$GC_KEEP"'
+    done = source_and_run(shell, plugin, script, stdin=text)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["1.0.0|podnet|podnet|1", '0 eth0 /run/netns/x\\u00e9\\u0022', "a1 eth0"]
+
+
 @pytest.mark.skipif(not have("shellcheck"), reason="shellcheck is not installed (make test installs it as root)")
 @pytest.mark.parametrize("version, masquerade", [("0.2.0", "false"), ("1.1.0", "true")])
 def test_plugin_variants_pass_shellcheck(version, masquerade, tmp_path):

@@ -728,7 +728,7 @@ load_config() {
 	# (DEL's config carries the cached result: del.sh.j2 defines config_compiled_prev)
 	[ "$COMMAND" != DEL ] || ! config_compiled_prev || return 0
 	lc_rc=0
-	lc_records=$(awk -v max="$CONFIG_MAX" "$CONFIG_AWK" <<EOF
+	lc_records=$(awk -v max="$CONFIG_MAX" -v max_lines="$CONFIG_MAX_LINES" "$CONFIG_AWK" <<EOF
 $CFG_TEXT
 EOF
 	) || lc_rc=$?
@@ -752,24 +752,30 @@ $lc_records
 EOF
 }
 
-# CONFIG_MAX: the most bytes of stdin the plugin reads (CONFIG_AWK refuses more).
+# CONFIG_MAX, CONFIG_MAX_LINES: the most bytes and lines of stdin the plugin reads
+# (CONFIG_AWK refuses more). The lines are bounded too: joining them costs time
+# quadratic in their number (a config of 250,000 newlines took 30 s), and a config
+# as libcni passes it is one line.
 CONFIG_MAX=262144
+CONFIG_MAX_LINES=4096
 
 # read_stdin: sets STDIN_READ=1 and CFG_TEXT, the text on stdin as CONFIG_AWK sees
 # it: its lines joined by newlines, without a last newline. The shell's read drops NUL bytes (JSON holds
-# none; CONFIG_AWK never sees one). Stops once past CONFIG_MAX bytes, which
-# CONFIG_AWK then refuses.
+# none; CONFIG_AWK never sees one). Stops once past CONFIG_MAX bytes or
+# CONFIG_MAX_LINES lines, which CONFIG_AWK then refuses.
 read_stdin() {
 	STDIN_READ=1
 	CFG_TEXT=
 	rs_sep=
 	rs_line=
+	rs_lines=0
 	while IFS= read -r rs_line; do
 		CFG_TEXT=$CFG_TEXT$rs_sep$rs_line
 		rs_sep=$NL
 		rs_line=
+		rs_lines=$((rs_lines + 1))
 
-		[ "${#CFG_TEXT}" -le "$CONFIG_MAX" ] || return 0
+		[ "${#CFG_TEXT}" -le "$CONFIG_MAX" ] && [ "$rs_lines" -le "$CONFIG_MAX_LINES" ] || return 0
 	done
 	[ -z "$rs_line" ] || CFG_TEXT=$CFG_TEXT$rs_sep$rs_line
 }
@@ -1644,9 +1650,9 @@ fi
 # Reading the network configuration (CNI mode), without jq.
 #
 # CONFIG_AWK is a strict JSON reader in POSIX awk. It reads stdin (at most
-# CONFIG_MAX bytes, nested at most 32 levels) and prints records, one field a
-# line (JSON strings cannot hold a raw newline, so no field can either), with
-# strings kept as their escaped JSON text:
+# CONFIG_MAX bytes in CONFIG_MAX_LINES lines, nested at most 32 levels) and
+# prints records, one field a line (JSON strings cannot hold a raw newline, so no
+# field can either), with strings kept as their escaped JSON text:
 #   C PATH TYPE VALUE     every top-level member (TYPE s n b z o a; o/a: VALUE empty)
 #   I INDEX NAME SANDBOX RAW   prevResult.interfaces[INDEX]
 #   A IFINDEX ADDRESS GATEWAY RAW   prevResult.ips[] (ip4/ip6 of 0.2.0: IFINDEX -)
@@ -1662,8 +1668,21 @@ fi
 CONFIG_AWK='
 function fail(msg) { print msg; failed = 1; exit 3 }
 function ws() { while (pos <= len && index(" \t\r\n", substr(text, pos, 1))) pos++ }
-function keypath(k) { return (k ~ /^[A-Za-z0-9_]+$/) ? "." k : "[\"" k "\"]" }
-function jstring(    out, seg, c) {
+function keypath(k,    f) {
+	# a member this reader looks up, as Go matches a struct field: whatever the case,
+	# and U+017F and U+212A (escaped or not) taken for s and k
+	f = tolower(k)
+	gsub(/\\u017[fF]|\305\277/, "s", f)
+	gsub(/\\u212[aA]|\342\204\252/, "k", f)
+	if (f in KNOWN) k = KNOWN[f]
+	return (k ~ /^[A-Za-z0-9_]+$/) ? "." k : "[\"" k "\"]"
+}
+function hex(h,    i, n) {
+	n = 0
+	for (i = 1; i <= length(h); i++) n = n * 16 + index("0123456789abcdef", tolower(substr(h, i, 1))) - 1
+	return n
+}
+function jstring(    out, seg, c, code) {
 	pos++
 	out = ""
 	for (;;) {
@@ -1680,9 +1699,14 @@ function jstring(    out, seg, c) {
 		c = substr(text, pos, 1)
 		if (c == "\"") { pos++; return out }
 		c = substr(text, pos + 1, 1)
-		if (index("\"\\/bfnrt", c) && c != "") { out = out "\\" c; pos += 2; continue }
+		# (an escape that needs none, \/ or a \u of printable ASCII but " and \, is
+		# kept as its character: "bridg\u0065" is the key bridge, as for Go)
+		if (c == "/") { out = out c; pos += 2; continue }
+		if (index("\"\\bfnrt", c) && c != "") { out = out "\\" c; pos += 2; continue }
 		if (c == "u" && substr(text, pos + 2, 4) ~ /^[0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f][0-9A-Fa-f]$/) {
-			out = out substr(text, pos, 6); pos += 6; continue
+			code = hex(substr(text, pos + 2, 4))
+			out = out ((code >= 32 && code < 127 && code != 34 && code != 92) ? sprintf("%c", code) : substr(text, pos, 6))
+			pos += 6; continue
 		}
 		fail("invalid escape in a string at byte " pos)
 	}
@@ -1772,9 +1796,14 @@ function emit(    k, i, p, keys, n) {
 }
 BEGIN {
 	CTRL = "[" sprintf("%c", 1) "-" sprintf("%c", 31) "]"
+	# every member name this reader looks up (keypath)
+	known_n = split("cniVersion name type bridge mtu prevResult cni.dev/valid-attachments cni.dev/attachments " \
+		"interfaces ips routes dns ip4 ip6 ip gateway sandbox interface address dst gw containerID ifname", known, " ")
+	for (known_i = 1; known_i <= known_n; known_i++) KNOWN[tolower(known[known_i])] = known[known_i]
 	TOP = ".cniVersion .name .type .bridge .mtu .prevResult [\"cni.dev/valid-attachments\"] [\"cni.dev/attachments\"]"
 }
 {
+	if (max_lines != "" && NR > max_lines + 0) fail("the configuration has more than " max_lines " lines")
 	text = (NR > 1) ? text "\n" $0 : $0
 	if (length(text) > max) fail("the configuration is larger than " max " bytes")
 }
