@@ -324,6 +324,22 @@ def test_gc_and_status(shell, netns, tmp_path):
     assert_clean(node, a, b, c)
 
 
+@pytest.mark.parametrize("started_as", ["path", "bare name"])
+def test_status_finds_the_fallback_where_ipam_does(netns, tmp_path, started_as):
+    """Without flock, STATUS checks podnet-ipam.py where IPAM runs it from: beside the
+    plugin, or ./ for a plugin started by its bare name from its directory."""
+    from plugin_node import path_without
+
+    node = PluginNode(netns, tmp_path, version="1.1.0")
+    env = {"PATH": path_without(tmp_path, "flock")}
+    script = 'exec $PLUGIN_SHELL "$PLUGIN"' if started_as == "path" else 'cd "${PLUGIN%/*}" && exec $PLUGIN_SHELL "${PLUGIN##*/}"'
+    status = node.cni("STATUS", env=env, script=script)
+    assert status.rc == 0 and status.stdout == "", status
+    (node.dir / "podnet-ipam.py").rename(node.dir / "moved.py")
+    status = node.cni("STATUS", env=env, script=script)
+    assert status.rc == 1 and status.json["code"] == 50 and "podnet-ipam.py is not beside the plugin" in status.json["msg"], status
+
+
 def test_gc_and_status_need_1_1_0(netns, tmp_path):
     node = PluginNode(netns, tmp_path, version="1.0.0")
     for command in ("GC", "STATUS"):

@@ -96,6 +96,8 @@ def config_cases(conf):
         ("name-missing", json.dumps({k: v for k, v in conf.items() if k != "name"}), 7, "network"),
         ("name-injected", json.dumps({**conf, "name": f"podnet$(touch {CANARY})"}), 7, "network"),
         ("name-quoted", json.dumps({**conf, "name": 'podnet";touch x;"'}), 7, "network"),
+        # named as the config spells it (escaped once), not escaped twice more
+        ("name-escaped", json.dumps({**conf, "name": 'pod"net\\'}), 7, 'network "pod\\"net\\\\" is not'),
         ("type-wrong", json.dumps({**conf, "type": "bridge"}), 7, "type"),
         ("bridge-mismatch", json.dumps({**conf, "bridge": "cni9"}), 7, "bridge"),
         # keys as Go's decoder matches them, which a plugin in Go would read as bridge / mtu

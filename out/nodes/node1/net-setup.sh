@@ -841,15 +841,15 @@ version_at_least() {
 }
 
 # check_config: the network name and plugin type are this node's (error 7 otherwise).
+# (They are named as the config spells them, JSON escapes and all: fail escapes the
+# message once more, so the error object shows them so.)
 check_config() {
 	if [ "$CFG_NAME" != "$PODNET_NETWORK" ]; then
-		json_escape "$CFG_NAME"
-		fail "$E_CONFIG" "network \"$JSON_ESC\" is not this plugin's network \"$PODNET_NETWORK\"" \
+		fail "$E_CONFIG" "network \"$CFG_NAME\" is not this plugin's network \"$PODNET_NETWORK\"" \
 			"the plugin compiled for network $PODNET_NETWORK was called with another network's config"
 	fi
 	if [ "$CFG_TYPE" != "$PODNET_TYPE" ]; then
-		json_escape "$CFG_TYPE"
-		fail "$E_CONFIG" "plugin type \"$JSON_ESC\" is not \"$PODNET_TYPE\"" "check the config's \"type\""
+		fail "$E_CONFIG" "plugin type \"$CFG_TYPE\" is not \"$PODNET_TYPE\"" "check the config's \"type\""
 	fi
 }
 
@@ -2356,7 +2356,8 @@ cmd_status() {
 	command -v awk >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "awk is not installed" "install an awk (mawk, gawk or busybox)"
 	if ! command -v flock >/dev/null 2>&1; then
 		command -v python3 >/dev/null 2>&1 || fail "$E_UNAVAILABLE" "neither flock nor python3 is installed" "install util-linux (flock) or python3"
-		[ -f "${0%/*}/podnet-ipam.py" ] || fail "$E_UNAVAILABLE" "flock is missing and podnet-ipam.py is not beside the plugin" "install util-linux, or podnet-ipam.py into ${0%/*}"
+		# (where IPAM looks for it: ./ when the plugin was started without a directory)
+		[ -f "$IPAM_FALLBACK" ] || fail "$E_UNAVAILABLE" "flock is missing and podnet-ipam.py is not beside the plugin" "install util-linux, or $IPAM_FALLBACK"
 	fi
 	if [ "$MASQUERADE" = 1 ] && ! command -v iptables >/dev/null 2>&1; then
 		fail "$E_UNAVAILABLE" "iptables is not installed, and masquerade is on" "install iptables"
