@@ -114,7 +114,7 @@ def _pointer(root: Any, ref: str) -> Any:
 
 
 # When one value breaks several keywords, say only the most telling one.
-_PRIORITY = {"type": 0, "enum": 1, "format": 2, "maxLength": 3, "minLength": 3, "pattern": 4}
+_PRIORITY = {"type": 0, "enum": 1, "format": 2, "maxLength": 3, "minLength": 3, "minimum": 3, "maximum": 3, "pattern": 4}
 
 
 def _local_ref(ref: str) -> Dict[str, Any]:
