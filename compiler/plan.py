@@ -254,6 +254,9 @@ def node_routes_view(topo: Topology, node: Node) -> Dict[str, Any]:
         "forwarding": forwarding_paths(s.version for s in node.subnets),
         "masquerade": masquerades(topo),
         "masq_rule": masquerade_rule(topo, node),
+        # the masquerade rules of this network an earlier compile may have left (IPv4's)
+        "masq_cleanup": any(s.version == 4 for s in node.subnets),
+        "network": net.name,
     }
 
 
@@ -273,6 +276,8 @@ def router_routes_view(topo: Topology) -> Dict[str, Any]:
         "forwarding": forwarding_paths(p.family for p in net.pools),
         "masquerade": False,
         "masq_rule": [],
+        "masq_cleanup": False,  # a router never masquerades
+        "network": net.name,
     }
 
 

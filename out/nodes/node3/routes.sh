@@ -7,11 +7,12 @@
 # node's own).
 #
 #   routes.sh up     install what is missing or wrong (idempotent: a second run changes
-#                    nothing), turn on forwarding, install the masquerade rule.
-#   routes.sh down   remove the routes `up` installed and the masquerade rule;
+#                    nothing), turn on forwarding, install the masquerade rule; remove
+#                    masquerade rules of this network's that are not this one.
+#   routes.sh down   remove the routes `up` installed and this network's masquerade rules;
 #                    forwarding is left on (the pods and other software need it).
 #   routes.sh check  compare the kernel with the intended state; name every missing,
-#                    extra or wrong route; exit 1 on any drift.
+#                    extra or wrong route and masquerade rule; exit 1 on any drift.
 #
 # Needs: a POSIX sh, iproute2, awk, iptables.
 # Environment: PODNET_ROUTES_TABLE overrides where routes.table is read (default:
@@ -354,22 +355,88 @@ masq_rule() {
 	iptables -w -t nat "$1" POSTROUTING '-s' '10.244.3.0/24' '!' '-d' '10.244.0.0/16' '-m' 'comment' '--comment' 'podnet:podnet' '-j' 'MASQUERADE'
 }
 
+# MASQ_COMMENT: what the masquerade rules of this network carry, the plugin's and this
+# script's, of this compile or an earlier one (another podCIDR; masquerade since
+# turned off): how `up` finds the ones to remove.
+MASQ_COMMENT='podnet:podnet'
+
+# MASQ_SPEC: this compile's rule as `iptables -S` writes it (without "-A POSTROUTING").
+MASQ_SPEC='-s 10.244.3.0/24 ! -d 10.244.0.0/16 -m comment --comment podnet:podnet -j MASQUERADE'
+
+# masq_rules: sets MASQ_RULES, the nat POSTROUTING rules that carry MASQ_COMMENT, one
+# a line as `iptables -S` writes them without "-A POSTROUTING" (the comment unquoted,
+# as iptables-nft quotes it), and MASQ_EXTRA, the same but one that is MASQ_SPEC:
+# the rules `up` removes, MASQ_EXTRAS of them. None without iptables.
+masq_rules() {
+	MASQ_RULES=''
+	MASQ_EXTRA=''
+	MASQ_EXTRAS=0
+	mr_spec=$MASQ_SPEC
+	command -v iptables >/dev/null 2>&1 || return 0
+	mr_all=$(iptables -w -t nat -S POSTROUTING) || die "cannot list the nat table's POSTROUTING rules (iptables -S)"
+	mr_ifs=$IFS
+	IFS=$NL
+	set -f
+	for mr_line in $mr_all; do
+		case "$mr_line " in
+		"-A POSTROUTING "*" --comment $MASQ_COMMENT "* | "-A POSTROUTING "*" --comment \"$MASQ_COMMENT\" "*)
+			mr_line=${mr_line#-A POSTROUTING }
+			case "$mr_line " in
+			*" --comment \"$MASQ_COMMENT\" "*) mr_line="${mr_line%% --comment \"*} --comment $MASQ_COMMENT${mr_line#*\""$MASQ_COMMENT"\"}" ;;
+			esac
+			MASQ_RULES=$MASQ_RULES$mr_line$NL
+			if [ "$mr_line" = "$mr_spec" ]; then
+				mr_spec=''
+				continue
+			fi
+			MASQ_EXTRA=$MASQ_EXTRA$mr_line$NL
+			MASQ_EXTRAS=$((MASQ_EXTRAS + 1))
+			;;
+		esac
+	done
+	set +f
+	IFS=$mr_ifs
+}
+
+# masq_remove RULES: deletes every rule in RULES (lines of MASQ_RULES).
+masq_remove() {
+	mv_ifs=$IFS
+	IFS=$NL
+	set -f
+	for mv_rule in $1; do
+		IFS=' '
+		# shellcheck disable=SC2086 # the rule's words, as iptables -S wrote them
+		iptables -w -t nat -D POSTROUTING $mv_rule || die "cannot delete the masquerade rule: $mv_rule"
+		IFS=$NL
+	done
+	set +f
+	IFS=$mv_ifs
+}
+
+# masq_up: leaves exactly this compile's rule among those carrying MASQ_COMMENT.
+masq_up() {
+	masq_rules
+	masq_remove "$MASQ_EXTRA"
+	masq_rule -C >/dev/null 2>&1 || masq_rule -A
+}
+
 # cmd_up: removes podnet's stale routes, installs the missing and wrong routes, forwarding and the masquerade rule.
 cmd_up() {
 	plan up
 	setup_forwarding
 	apply_batch install
-	masq_rule -C >/dev/null 2>&1 || masq_rule -A
+	masq_up
 	stale=''
 	[ "${COUNT#* }" = 0 ] || stale=", ${COUNT#* } stale route(s) of podnet's removed"
 	echo "routes.sh up ($NAME): ${COUNT% *} route(s) installed or fixed$stale"
 }
 
-# cmd_down: removes the intended routes that are in place and the masquerade rule.
+# cmd_down: removes the intended routes that are in place and this network's masquerade rules.
 cmd_down() {
 	plan down
 	apply_batch remove
-	while masq_rule -C >/dev/null 2>&1; do masq_rule -D; done
+	masq_rules
+	masq_remove "$MASQ_RULES"
 	echo "routes.sh down ($NAME): $COUNT route(s) removed"
 }
 
@@ -388,6 +455,11 @@ cmd_check() {
 		printf ' %s' '-s' '10.244.3.0/24' '!' '-d' '10.244.0.0/16' '-m' 'comment' '--comment' 'podnet:podnet' '-j' 'MASQUERADE'
 		echo
 		drift=$((drift + 1))
+	fi
+	masq_rules
+	if [ "$MASQ_EXTRAS" -gt 0 ]; then
+		printf 'extra masquerade rule(s) of this network (an earlier compile'"'"'s, or a duplicate):\n%s' "$MASQ_EXTRA"
+		drift=$((drift + MASQ_EXTRAS))
 	fi
 	if [ "$drift" -gt 0 ]; then
 		echo "routes.sh check ($NAME): $drift problem(s); run \`$0 up\` to repair (it removes only podnet's own extras)" >&2
