@@ -13,7 +13,7 @@
 # last_reserved_ip.0 on, created with O_EXCL and host-local's "ID\r\nIFNAME" content, and
 # last_reserved_ip.0 rewritten. No config check, no input validation, no reuse of a
 # lease the pair holds, no rollback, no masquerade. DEL is podnet's one pod-side
-# `ip -batch` (the pod's interface deleted, which removes the pair; loopback down),
+# `ip` (the pod's interface deleted, which removes the pair),
 # without releasing the lease (a bench run takes fewer than the 253 addresses). It exists
 # to show how close podnet gets to the processes it cannot avoid; never install it on a
 # node. Assumes the bridge cni0 exists with 10.244.1.1/24 (podnet's warm-up ADD in the
@@ -73,10 +73,7 @@ EOF
 		"$CNI_IFNAME" "$CNI_NETNS" "$addr"
 	;;
 DEL)
-	"$IP" -n "${CNI_NETNS##*/}" -batch - 2>/dev/null <<EOF || :
-link del dev $CNI_IFNAME
-link set dev lo down
-EOF
+	"$IP" -n "${CNI_NETNS##*/}" link del dev "$CNI_IFNAME" 2>/dev/null || :
 	;;
 VERSION) printf '{"cniVersion":"1.0.0","supportedVersions":["1.0.0"]}\n' ;;
 *) ;;

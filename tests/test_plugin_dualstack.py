@@ -66,3 +66,28 @@ def test_dual_stack_add_check_del(version, shell, netns, tmp_path):
     for pod in (a, b):
         assert node.cni("DEL", pod).rc == 0
     assert node.leases() == {} and node.veths() == []
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_ipv6_only_node_forwards_ipv6_only_and_del_leaves_loopback_up(shell, netns, tmp_path):
+    """An IPv6-only node turns on IPv6 forwarding, not IPv4's (it stays no IPv4 router).
+    DEL removes the pair and leaves the pod's loopback up: other networks of the pod
+    may still need it."""
+    text = """
+        network:
+          name: podnet
+          podCIDR: "fd00:10:244::/56"
+          bridge: pnbr0
+        nodes:
+          - name: node1
+            address: "fd00::2"
+        """
+    node = PluginNode(netns, tmp_path, shell=shell, topo_text=text)
+    pod = node.new_pod()
+    added = node.cni("ADD", pod)
+    assert added.rc == 0, added
+    forwarding = lambda family: sh(["ip", "netns", "exec", node.ns, "cat", f"/proc/sys/net/{family}"]).stdout.strip()  # noqa: E731
+    assert (forwarding("ipv4/ip_forward"), forwarding("ipv6/conf/all/forwarding")) == ("0", "1")
+    assert node.cni("DEL", pod).rc == 0
+    assert node.link_names(pod.ns) == ["lo"] and node.veths() == []
+    assert ",UP" in sh(["ip", "-n", pod.ns, "-br", "link", "show", "dev", "lo"]).stdout.split()[3]

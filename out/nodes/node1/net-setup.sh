@@ -1397,9 +1397,12 @@ add_link_local() {
 		fail "$E_FAILED" "cannot add the link-local address $all_addr to $IFNAME in $NETNS" "$all_out"
 }
 
-# add_forwarding: the node forwards IPv4, and IPv6 when a pod got an IPv6 address.
+# add_forwarding: the node forwards each family a pod got an address of (an IPv6-only
+# node stays no IPv4 router).
 add_forwarding() {
-	enable_sysctl /proc/sys/net/ipv4/ip_forward
+	case $LEASES in
+	*.*) enable_sysctl /proc/sys/net/ipv4/ip_forward ;;
+	esac
 	case $LEASES in
 	*:*) enable_sysctl /proc/sys/net/ipv6/conf/all/forwarding ;;
 	esac
@@ -1972,16 +1975,13 @@ cmd_del() {
 	[ "$MODE" = cni ] || printf '%s\n' "$CID: $IFNAME removed, leases released"
 }
 
-# del_links: deleting IFNAME inside the pod's netns removes the pair, and loopback
-# goes down again (ADD brought it up; a runtime's loopback plugin does the same on
-# DEL). Without the netns (gone, or CNI_NETNS empty) the host end is found by name
+# del_links: deleting IFNAME inside the pod's netns removes the pair. Loopback stays
+# up (ADD brought it up): the pod's other networks may still need it, as when one of
+# several attachments goes, and the netns goes with the pod. Without the netns (gone, or CNI_NETNS empty) the host end is found by name
 # and deleted only when its alias proves it is this attachment's; a vanished netns
 # took the pair along.
 del_links() {
-	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" -batch - 2>/dev/null <<EOF; then
-link del dev $IFNAME
-link set dev lo down
-EOF
+	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" link del dev "$IFNAME" 2>/dev/null; then
 		return 0
 	fi
 	veth_name
