@@ -209,6 +209,21 @@ def test_chained_add_keeps_the_previous_result(shell, netns, tmp_path):
     # CHECK finds our interface by name and sandbox, whatever comes before it
     checked = node.cni("CHECK", pod, conf=node.with_prev(result))
     assert checked.rc == 1 and "198.51.100.0/24" in checked.json["msg"], "the foreign route is missing, CHECK must say so"
+    # Once the earlier plugin's routes exist, on its own interface, as it made them (a
+    # host route too, which `ip route` lists without /32; one without a gateway), a
+    # healthy attachment passes: routes are matched by destination and gateway, as the
+    # reference plugins match them, not on podnet's interface.
+    for cmd in (["link", "add", "tap0", "type", "veth", "peer", "name", "tap0peer"], ["link", "set", "tap0", "up"], ["link", "set", "tap0peer", "up"], ["addr", "add", "192.0.2.5/24", "dev", "tap0"],
+                ["route", "add", "198.51.100.0/24", "via", "192.0.2.1", "dev", "tap0"], ["route", "add", "203.0.113.7/32", "via", "192.0.2.1"],
+                ["route", "add", "203.0.113.64/26", "dev", "tap0"]):
+        sh(["ip", "-n", pod.ns, *cmd])
+    result["routes"] += [{"dst": "203.0.113.7/32", "gw": "192.0.2.1"}, {"dst": "203.0.113.64/26"}]
+    checked = node.cni("CHECK", pod, conf=node.with_prev(result))
+    assert checked.rc == 0, checked
+    sh(["ip", "-n", pod.ns, "route", "del", "203.0.113.7/32"])
+    checked = node.cni("CHECK", pod, conf=node.with_prev(result))
+    assert checked.rc == 1 and checked.json["msg"].endswith("route to 203.0.113.7/32 via 192.0.2.1 is missing in " + pod.path), checked
+    sh(["ip", "-n", pod.ns, "link", "del", "tap0"])
     assert node.cni("DEL", pod).rc == 0
     assert_clean(node, pod)
 

@@ -2238,30 +2238,54 @@ link_line() {
 	done
 }
 
-# check_routes TABLE: every expected route ("DST GW") is in the pod's table, on IFNAME.
+# check_routes TABLE: every expected route ("DST GW") is in the pod's table. A route
+# without a gateway (GW -) to a destination the compiled config gives every pod is
+# podnet's: via its family's gateway on IFNAME. Any other (a chained plugin's) is
+# matched as the reference plugins match it: by destination, and gateway when given,
+# on whichever interface.
 check_routes() {
 	while read -r cr_dst cr_gw; do
 		[ -n "$cr_dst" ] || continue
+		cr_dev=
 		if [ "$cr_gw" = - ]; then
-			gateway_of_family "$cr_dst"
-			cr_gw=$GATEWAY
+			case " $POD_ROUTES " in
+			*" $cr_dst "*)
+				gateway_of_family "$cr_dst"
+				cr_gw=$GATEWAY
+				cr_dev=$IFNAME
+				;;
+			*) cr_gw= ;;
+			esac
 		fi
+		# (ip route names a default route so, and a host route without its length)
 		case $cr_dst in
 		0.0.0.0/0 | ::/0) cr_show=default ;;
+		*.*/32 | *:*/128) cr_show=${cr_dst%/*} ;;
 		*) cr_show=$cr_dst ;;
 		esac
-		route_listed "$1" "$cr_show via $cr_gw dev $IFNAME " || problem "route to $cr_dst via $cr_gw is missing in $NETNS"
+		route_listed "$1" "$cr_show" "$cr_gw" "$cr_dev" || problem "route to $cr_dst${cr_gw:+ via $cr_gw} is missing in $NETNS"
 	done <<EOF
 $EXPECT_ROUTES
 EOF
 }
 
-# route_listed TABLE PREFIX: a line of TABLE (`ip route show`) starts with PREFIX.
+# route_listed TABLE DST GW DEV: a line of TABLE (`ip route show`) is a route to DST,
+# via GW and on DEV where they are not empty.
 route_listed() {
 	while IFS= read -r rl_line; do
 		case "$rl_line " in
-		"$2"*) return 0 ;;
+		"$2 "*) ;;
+		*) continue ;;
 		esac
+		case "$rl_line " in
+		*" via $3 "*) ;;
+		*) [ -z "$3" ] || continue ;;
+		esac
+		case "$rl_line " in
+		*" dev $4 "*) ;;
+		*) [ -z "$4" ] || continue ;;
+		esac
+		return 0
 	done <<EOF
 $1
 EOF
