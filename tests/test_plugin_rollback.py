@@ -6,6 +6,8 @@ Then the same node still works."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -164,3 +166,44 @@ def test_a_signal_while_the_links_and_lease_are_set_up_leaves_nothing(shell, net
     assert [p.name for p in node.store().iterdir() if p.name.startswith(".podnet-pair.")] == []
     assert node.link_names(pod.ns) == ["lo"]
     assert node.cni("ADD", pod).rc == 0  # the retry the error asks for works
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("flock", [True, False], ids=["flock", "fallback"])
+def test_a_sigkilled_add_leaves_nothing_behind_a_del(shell, flock, netns, tmp_path):
+    """libcni enforces its ADD timeout with SIGKILL, to the plugin's shell alone: the
+    processes of its pipeline live on, and finish after the runtime's DEL (here the
+    host side's `ip` is slowed down by 1 s, as on a busy node). The lease side then
+    finds nobody to report to and undoes what the pipeline made, as the DEL would
+    have: no veth, no lease, no marker, nothing in the pod."""
+    from plugin_node import path_without
+
+    node = PluginNode(netns, tmp_path, shell=shell, masquerade=False)
+    pod = node.new_pod()
+    slow = tmp_path / "slow-bin"
+    slow.mkdir()
+    real_ip = shutil.which("ip")
+    (slow / "ip").write_text('#!/bin/sh\ncase " $* " in *" -batch "*) case " $* " in *" -n "*) ;; *) sleep 1 ;; esac ;; esac\n'
+                             f'exec {real_ip} "$@"\n')
+    (slow / "ip").chmod(0o755)
+    path = f"{slow}:" + (os.environ["PATH"] if flock else path_without(tmp_path, "flock"))
+    script = r"""
+        exec 3<&0
+        $PLUGIN_SHELL "$PLUGIN" <&3 >/dev/null 2>&1 &
+        pid=$!
+        sleep 0.5
+        kill -KILL "$pid"
+        wait "$pid" 2>/dev/null
+        CNI_COMMAND=DEL $PLUGIN_SHELL "$PLUGIN" </dev/null >"$OUT" 2>&1 <<EOF
+$CONF
+EOF
+        echo "del rc=$?" >>"$OUT"
+        sleep 2.5
+    """
+    out = tmp_path / "del"
+    done = node.cni("ADD", pod, env={"PATH": path, "OUT": str(out), "CONF": json.dumps(node.conf)}, script=script)
+    assert done.rc == 0, done
+    assert out.read_text().endswith("del rc=0\n"), out.read_text()
+    assert node.veths() == [] and node.leases() == {}, (node.veths(), node.leases())
+    assert not [p.name for p in node.store().iterdir() if p.name.startswith(".podnet-pair.")]
+    assert node.link_names(pod.ns) == ["lo"]

@@ -1135,6 +1135,8 @@ host_side_done() {
 # soon as the lease is valid; only when the host side and the lease both succeeded
 # is it written to fd 4; else the pod side does nothing.
 add_lease_side() {
+	# (a report that cannot be written fails, rather than ending this shell: see below)
+	trap '' PIPE
 	als_lease=-
 	LEASES=
 	IPAM_TAKEN=
@@ -1162,7 +1164,15 @@ add_lease_side() {
 		[ "$als_lease" != 0 ] || ! leases_valid || pod_batch
 		[ "$als_lease" != 0 ] || echo >&4
 	fi
-	printf '%s\n' "$HOST_BEGIN" "$als_out" "=$als_lease ${IPAM_TAKEN# }${LEASES:+$NL$LEASES}" "$HOST_END"
+	# No reader of the report: the plugin's shell is gone (a runtime enforces its ADD
+	# timeout with SIGKILL, to that shell alone), and with it whoever would undo what
+	# this pipeline made, which a DEL meanwhile may not have found yet. So it is undone
+	# here, as that DEL would, and the pod side never gets its batch.
+	if ! printf '%s\n' "$HOST_BEGIN" "$als_out" "=$als_lease ${IPAM_TAKEN# }${LEASES:+$NL$LEASES}" "$HOST_END" 2>/dev/null; then
+		ipam_del "$CID" "$IFNAME" >/dev/null 2>&1 || :
+		! veth_is_ours || "$IP" link del dev "$VETH" >/dev/null 2>&1 || :
+		exit 1
+	fi
 	if [ "$als_lease" = 0 ] && [ "$als_done" = 1 ] && [ -n "$POD_BATCH" ]; then
 		printf '%s\n' "$POD_BATCH" >&4
 	fi
