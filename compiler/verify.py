@@ -515,11 +515,25 @@ class Cluster:
                 targets.setdefault(src.netns, []).append((address, node_name, f"node {node_name}", True, src_address))
         per_family = f" x {families} families" if families > 1 else ""
         self.progress.say(f"pinging: {len(pairs)} of {total} pod pairs and {len(node_targets)} pod -> other node addresses{per_family}, from {len(targets)} pods")
-        results = self.parallel("pods done pinging", sorted(targets), lambda ns: (ns, self._ping(ns, targets[ns])))
+        # Pod to pod first, counting the nodes' NAT: a reply proves nothing about
+        # addresses when the traffic was masqueraded on the way (masquerading pod
+        # traffic also hides a missing route back). Pod to node addresses then, which
+        # masquerade may rightly rewrite.
+        masq = self.topo.network.masquerade and bool(shutil.which("iptables"))
+        if masq:
+            self.parallel("nodes' NAT counters zeroed", self.nodes, lambda m: self._nat_packets(m, zero=True))
+        to_pods = {ns: [t for t in ts if not t[3]] for ns, ts in targets.items()}
+        results = self.parallel("pods done pinging pods", sorted(to_pods), lambda ns: (ns, to_pods[ns], self._ping(ns, to_pods[ns])))
+        if masq:
+            for m, packets in zip(self.nodes, self.parallel("nodes' NAT counters read", self.nodes, self._nat_packets)):
+                if packets:
+                    self.report.problems.append(f"{m.name}: {packets} pod-to-pod packet(s) went through a masquerade (or SNAT) rule; pods must see each other's own addresses")
+        to_nodes = {ns: [t for t in ts if t[3]] for ns, ts in targets.items() if any(t[3] for t in ts)}
+        results += self.parallel("pods done pinging nodes", sorted(to_nodes), lambda ns: (ns, to_nodes[ns], self._ping(ns, to_nodes[ns])))
         r = self.report
-        for ns, replies in results:
+        for ns, pinged, replies in results:
             src = by_ns[ns]
-            for address, dst_node, dst_label, is_node, src_address in targets[ns]:
+            for address, dst_node, dst_label, is_node, src_address in pinged:
                 good = replies.get(address) == "ok"
                 if is_node:
                     r.node_pings_ok += good
@@ -530,6 +544,20 @@ class Cluster:
                     r.count(dst_node, "in", good)
                 if not good:
                     r.failing_pairs.append((f"{src.name} {src_address}", f"{dst_label} {address}"))
+
+    def _nat_packets(self, m: Machine, zero: bool = False) -> int:
+        """The packets node m's nat POSTROUTING rules that masquerade or SNAT have
+        counted (each connection's first); with `zero`, sets their counters to 0."""
+        if zero:
+            self.runner.run(["ip", "netns", "exec", m.netns, "iptables", "-w", "-t", "nat", "-Z", "POSTROUTING"])
+            return 0
+        res = self.runner.run(["ip", "netns", "exec", m.netns, "iptables", "-w", "-t", "nat", "-S", "POSTROUTING", "-v"])
+        packets = 0
+        for line in res.stdout.splitlines():
+            words = line.split()
+            if "-c" in words and ("MASQUERADE" in words or "SNAT" in words):
+                packets += int(words[words.index("-c") + 1])
+        return packets
 
     def _ping(self, netns: str, targets: List[Tuple[str, str, str, bool, str]]) -> Dict[str, str]:
         """Pings every target address once from the pod; {address: "ok" | "fail"}."""
@@ -693,9 +721,11 @@ def run(topology: str, pods_per_node: int = 2, keep: bool = False, max_pairs: in
     topo = build(doc)
     preflight(topo)
     progress = Progress(quiet=quiet)
-    workdir = Path(tempfile.mkdtemp(prefix="podnet-verify-"))
+    workdir = Path(tempfile.mkdtemp(prefix="podnet-verify-", dir=_work_base(topo.network.data_dir)))
     cluster = Cluster(topo, pods_per_node, max_pairs, keep, progress, workdir)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
+    # SIGTERM and SIGHUP (a dropped SSH session) end the run as ^C does: torn down
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
     interrupted = False
     try:
         progress.say(f"run {cluster.token}: {len(topo.nodes)} nodes x {pods_per_node} pods, routing {topo.network.routing}, work dir {workdir}")
@@ -720,8 +750,8 @@ def run(topology: str, pods_per_node: int = 2, keep: bool = False, max_pairs: in
         cluster.runner.abort()
         raise KeyboardInterrupt()
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
         try:
             if keep and not interrupted:
@@ -736,6 +766,19 @@ def run(topology: str, pods_per_node: int = 2, keep: bool = False, max_pairs: in
                 signal.signal(signal.SIGINT, old_int)
     print_report(cluster, out)
     return cluster.report.ok, cluster
+
+
+def _work_base(data_dir: str) -> Optional[str]:
+    """Where the run's work directory goes: the system's temp directory, unless that is
+    inside the topology's dataDir, which each node sees its own (bind-mounted) copy of."""
+    tmp = os.path.realpath(tempfile.gettempdir())
+    data = os.path.realpath(data_dir)
+    if tmp == data or tmp.startswith(data.rstrip("/") + "/"):
+        for base in ("/var/tmp", "/run", "/dev/shm"):
+            real = os.path.realpath(base)
+            if os.path.isdir(real) and os.access(real, os.W_OK) and not (real == data or real.startswith(data.rstrip("/") + "/")):
+                return real
+    return None
 
 
 def _raise_interrupt(signum, frame):

@@ -289,7 +289,39 @@ def test_verify_names_the_removed_route(podnet_plugin, capsys):
 
 @needs_root
 @pytest.mark.netns
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_data_dir_holding_the_temp_dir(tmp_path, podnet_plugin, capsys):
+    """dataDir: /tmp is every node's own (bind-mounted) /tmp: the run's work directory
+    goes elsewhere, so the nodes still reach it."""
+    text = topology(2).replace("network:\n", "network:\n  dataDir: /tmp\n", 1)
+    ok, cluster = run_verify(write_topology(tmp_path, text), pods_per_node=1)
+    out = capsys.readouterr().out
+    assert ok, out
+    assert not str(cluster.workdir).startswith("/tmp/")
+
+
+@needs_root
+@pytest.mark.netns
+def test_masqueraded_pod_to_pod_traffic_fails(podnet_plugin, capsys):
+    """Replies prove nothing when pod-to-pod traffic is masqueraded on the way (a wrong
+    masquerade rule; it also hides a missing route back): verify counts the nodes' NAT
+    while pods ping pods, and fails naming the node."""
+
+    def hook(cluster):
+        node = cluster.nodes[0]
+        subnet = str(cluster.topo.node(node.name).subnet)
+        subprocess.run(["ip", "netns", "exec", node.netns, "iptables", "-w", "-t", "nat", "-I", "POSTROUTING", "-s", subnet, "-j", "MASQUERADE"], check=True)
+
+    ok, cluster = run_verify(EXAMPLE, pods_per_node=1, after_routes=hook)
+    out = capsys.readouterr().out
+    assert not ok, out
+    assert cluster.report.pairs_ok == cluster.report.pairs_tested, "the pings themselves all got replies"
+    name = cluster.nodes[0].name
+    assert any(p.startswith(f"{name}: ") and "pod-to-pod packet(s) went through a masquerade" in p for p in cluster.report.problems), cluster.report.problems
+
+
+@needs_root
+@pytest.mark.netns
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_removes_everything(tmp_path, signum):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "compiler", "verify", EXAMPLE], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
