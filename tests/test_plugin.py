@@ -169,6 +169,20 @@ def test_check_names_every_difference(shell, netns, tmp_path):
 
     no_prev = node.cni("CHECK", pod)
     assert no_prev.rc == 1 and no_prev.json["code"] == 7 and "prevResult" in no_prev.json["msg"]
+
+    # the host side: its end down or of another MTU, the bridge down or without its gateway
+    sh(["ip", "-n", pod.ns, "addr", "add", address, "dev", "eth0"])
+    sh(["ip", "-n", pod.ns, "link", "set", "eth0", "mtu", str(MTU)])
+    sh(["ip", "-n", pod.ns, "route", "add", "default", "via", GATEWAY])
+    assert node.cni("CHECK", pod, conf=conf).rc == 0
+    (veth,) = node.veths()
+    for cmd in (["link", "set", veth, "down"], ["link", "set", veth, "mtu", "1280"], ["link", "set", BRIDGE, "down"], ["addr", "flush", "dev", BRIDGE]):
+        sh(["ip", "-n", node.ns, *cmd])
+    drift = node.cni("CHECK", pod, conf=conf)
+    assert drift.rc == 1, drift
+    assert [p for p in drift.json["msg"].split(": ", 1)[1].split("; ") if "route" not in p] == [
+        f"host interface {veth} is down", f"host interface {veth} does not have the MTU {MTU}",
+        f"bridge {BRIDGE} is down", f"bridge {BRIDGE} lacks the gateway address {GATEWAY}/24"], drift
     assert node.cni("DEL", pod).rc == 0
     gone = node.cni("CHECK", pod, conf=conf)
     assert gone.rc == 1 and "interface eth0 is missing" in gone.json["msg"] and "no lease" not in gone.json["msg"]

@@ -2309,20 +2309,50 @@ gateway_of_family() {
 	LEASES=
 }
 
-# check_host: the host end exists, is on the bridge and carries this attachment's alias.
+# check_host: the host end exists, is up with the MTU, on the bridge and carries this
+# attachment's alias; the bridge is up with its gateway address(es) (one `ip -batch`,
+# -force: a missing bridge must not hide the host end's state; `addr show` first, as
+# a `link show` before it makes it show links only).
 check_host() {
-	if ! ch_out=$("$IP" -o link show dev "$VETH" 2>/dev/null); then
+	ch_out=$("$IP" -o -force -batch - 2>/dev/null <<EOF
+addr show dev $BRIDGE
+link show dev $BRIDGE
+link show dev $VETH
+EOF
+	) || :
+	link_line "$ch_out" "$VETH"
+	if [ -z "$LINK_LINE" ]; then
 		problem "host interface $VETH is missing"
-		return 0
+	else
+		case "$LINK_LINE " in
+		*" master $BRIDGE "*) ;;
+		*) problem "host interface $VETH is not on bridge $BRIDGE" ;;
+		esac
+		case "$LINK_LINE " in
+		*" alias $ALIAS "*) ;;
+		*) problem "host interface $VETH does not belong to $CID/$IFNAME" ;;
+		esac
+		case $LINK_LINE in
+		*"<UP,"* | *",UP,"* | *",UP>"* | *"<UP>"*) ;;
+		*) problem "host interface $VETH is down" ;;
+		esac
+		case "$LINK_LINE " in
+		*" mtu $MTU "*) ;;
+		*) problem "host interface $VETH does not have the MTU $MTU" ;;
+		esac
 	fi
-	case "$ch_out " in
-	*" master $BRIDGE "*) ;;
-	*) problem "host interface $VETH is not on bridge $BRIDGE" ;;
+	link_line "$ch_out" "$BRIDGE"
+	case $LINK_LINE in
+	*"<UP,"* | *",UP,"* | *",UP>"* | *"<UP>"*) ;;
+	'') problem "bridge $BRIDGE is missing" ;;
+	*) problem "bridge $BRIDGE is down" ;;
 	esac
-	case "$ch_out " in
-	*" alias $ALIAS "*) ;;
-	*) problem "host interface $VETH does not belong to $CID/$IFNAME" ;;
-	esac
+	for ch_addr in $BRIDGE_ADDRS; do
+		case "$ch_out " in
+		*" inet $ch_addr "* | *" inet6 $ch_addr "*) ;;
+		*) [ -z "$LINK_LINE" ] || problem "bridge $BRIDGE lacks the gateway address $ch_addr" ;;
+		esac
+	done
 }
 
 # ---------------------------------------------------------------------------
