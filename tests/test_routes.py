@@ -8,6 +8,7 @@ underlay interface is one end of a veth pair inside that namespace.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -236,6 +237,25 @@ def test_up_check_down_lifecycle(tmp_path, netns, shell):
         assert res.returncode == 0, res.stderr
         assert pod_routes(ns) == set() and masq_rules(ns) == [] and nexthops(ns) == set()
     assert sh(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+
+
+@needs_net
+@pytest.mark.netns
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("nexthops", ["1", "0"], ids=["nexthop", "plain"])
+def test_down_spares_other_protocols_routes(tmp_path, netns, shell, nexthops):
+    """Routes to the other nodes' subnets via their addresses that podnet did not
+    install (a routing daemon's, `proto bgp`; one added by hand, `proto boot`) are
+    not removed by `down`, which never ran `up` here."""
+    out = compile_to(tmp_path, STATIC.format(masq="false"))
+    script = install(out, "node1", tmp_path / "etc-podnet")
+    ns = underlay_ns(netns, "192.168.1.2")
+    sh(["ip", "-n", ns, "route", "add", "10.244.2.0/24", "via", "192.168.1.3", "dev", "eth0", "proto", "bgp"])
+    sh(["ip", "-n", ns, "route", "add", "10.244.3.0/24", "via", "192.168.1.4", "dev", "eth0"])
+    before = pod_routes(ns)
+    res = run(ns, shell, script, "down", env=dict(os.environ, PODNET_NEXTHOPS=nexthops))
+    assert res.returncode == 0 and "0 route(s) removed" in res.stdout, res.stdout + res.stderr
+    assert pod_routes(ns) == before
 
 
 OLD_MASQ = "-A POSTROUTING -s 10.244.1.0/24 ! -d 10.240.0.0/12 -m comment --comment podnet:podnet -j MASQUERADE"

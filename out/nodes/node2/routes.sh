@@ -151,22 +151,24 @@ $1 == "id" {
 	i = 1; type = ""
 	if ($1 ~ /^[0-9]+$/) { type = ($1 in rtn) ? rtn[$1] : "type " $1; i = 2 }
 	else if ($1 ~ /^(unicast|local|broadcast|multicast|blackhole|unreachable|prohibit|throw|nat|anycast)$/) { type = $1; i = 2 }
-	d = norm($i); via = ""; odev = ""; nhid = ""
+	d = norm($i); via = ""; odev = ""; nhid = ""; rproto = ""
 	for (j = i + 1; j < NF; j++) {
 		if ($j == "via") via = $(j + 1)
 		else if ($j == "dev") odev = $(j + 1)
 		else if ($j == "nhid") nhid = $(j + 1)
+		else if ($j == "proto") rproto = $(j + 1)
 		else if ($j == "table") next
 	}
 	# with net.ipv4.nexthop_compat_mode=0 a route names only its nexthop id
 	if (nhid != "" && via == "" && (nhid in nhvia)) { via = nhvia[nhid]; odev = nhdev[nhid] }
 	if (type == "" && via == "" && odev == bridge && (d in ownset)) next
 	if ((d in want) && !(d in ok)) {
-		if (type == "" && (form == "nexthop" ? nhid == id[d] : via == want[d] && (dev == "" || odev == dev))) { ok[d] = 1; oknh[d] = nhid; next }
+		if (type == "" && (form == "nexthop" ? nhid == id[d] : via == want[d] && (dev == "" || odev == dev))) { ok[d] = 1; oknh[d] = nhid; okproto[d] = rproto; next }
 		if (!(d in have)) {
 			have[d] = route_text(); havenh[d] = type == "" ? nhid : ""
-			# the plain form in place (installed before nexthops were used): down removes it too
-			if (type == "" && nhid == "" && via == want[d] && (dev == "" || odev == dev)) plain[d] = 1
+			# the plain form in place (installed before nexthops were used): down removes it
+			# too, when its protocol is the one podnet uses (static, 4: not a daemon route)
+			if (type == "" && nhid == "" && via == want[d] && (dev == "" || odev == dev) && rproto == "4") plain[d] = 1
 			next
 		}
 	}
@@ -224,10 +226,11 @@ END {
 		for (k = 1; k <= wanted; k++) if (!(order[k] in ok)) print "route replace", order[k], "nhid", id[order[k]], "proto 4"
 		for (k = 1; k <= nhs; k++) if (nhproto[nhorder[k]] == nhproto_want && !(nhorder[k] in ours)) print "nexthop del id", nhorder[k]
 	} else {
-		# down: only what podnet installed; a route using a foreign nexthop is left alone
+		# down: only what podnet installed; a route using a foreign nexthop, or a plain
+		# route of another protocol than the one podnet uses (static, 4), is left alone
 		for (k = 1; k <= wanted; k++) {
 			d = order[k]
-			if ((d in ok) && st[d] != "foreign") { removed++; del[removed] = "route del " d (oknh[d] != "" ? " nhid " oknh[d] : substr(want_text(d), length(d) + 1)) }
+			if ((d in ok) && st[d] != "foreign" && (form == "nexthop" || okproto[d] == "4")) { removed++; del[removed] = "route del " d (oknh[d] != "" ? " nhid " oknh[d] : substr(want_text(d), length(d) + 1)) }
 			else if (d in plain) { removed++; del[removed] = "route del " want_text(d) }
 		}
 		print removed + 0
