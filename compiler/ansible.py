@@ -41,6 +41,9 @@ DEFAULTS = {
     "podnet_become": True,
 }
 ROUTES_HANDLER = "Apply the pod routes"
+ROUTES_RECORD_HANDLER = "Record the applied pod routes"
+ROUTES_TOPIC = "podnet routes"  # what both handlers listen to, in that order
+APPLIED = "routes.applied"  # in podnet_dir: the checksums of the routes.sh and table last applied
 INSTALLED = "installed.json"  # in podnet_dir: every path the playbook installed, a JSON list
 BANNER = "partials/banner.sh.j2"  # a '#' comment: generated, from which topology, how to regenerate
 
@@ -150,6 +153,7 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
         tasks.append(_copy_task("Install the CNI plugin, its helpers and its config", others, notify=False))
     if routes:
         tasks.append(_copy_task("Install routes.sh and the route table", routes, notify=True))
+        tasks.append(_applied_task())
     tasks += _cleanup_tasks()
     return {
         "name": name,
@@ -163,13 +167,43 @@ def _play(topo: Topology, name: str, hosts: str, installs: Sequence[Tuple[str, s
             "_podnet_installed": sorted(f"{_DIRS[d]}/{dest}" for d, dest, _, _ in installs),
         },
         "tasks": tasks,
-        "handlers": [{
-            "name": ROUTES_HANDLER,
-            # tests swap the command (e.g. `ip netns exec NS .../routes.sh up`) so that
-            # they never touch the routes of the machine they run on
-            "ansible.builtin.command": {"cmd": '{{ podnet_routes_up_command | default(_podnet_etc_dir ~ "/routes.sh up") }}'},
-            "changed_when": True,
-        }],
+        "handlers": [
+            {
+                "name": ROUTES_HANDLER,
+                # tests swap the command (e.g. `ip netns exec NS .../routes.sh up`) so that
+                # they never touch the routes of the machine they run on
+                "ansible.builtin.command": {"cmd": '{{ podnet_routes_up_command | default(_podnet_etc_dir ~ "/routes.sh up") }}'},
+                "changed_when": True,
+                "listen": ROUTES_TOPIC,
+            },
+            {
+                # only after the routes were applied: a host whose `up` failed keeps the old
+                # record, so the next run applies them again
+                "name": ROUTES_RECORD_HANDLER,
+                "ansible.builtin.copy": {"content": f"{{{{ {_ROUTES_DIGEST} }}}}", "dest": f"{_DIRS['etc']}/{APPLIED}", "mode": "0644"},
+                "listen": ROUTES_TOPIC,
+            },
+        ] if routes else [],
+    }
+
+
+# The checksums of the routes.sh and routes.table just installed (copy's results).
+_ROUTES_DIGEST = "(_podnet_routes.results | map(attribute='checksum', default='') | join(' '))"
+
+
+def _applied_task() -> Dict[str, Any]:
+    """The routes are applied by handlers, on hosts whose routes.sh or table changed. A
+    run that ends before its handlers (another host failed, a batch stopped at
+    podnet_max_fail_percentage) or whose `up` failed would leave them installed but not
+    applied, and a later run would find nothing changed: so the handlers also run where
+    the record of what was last applied (APPLIED) is not what is installed."""
+    return {
+        "name": "Find whether the installed pod routes were applied",
+        "ansible.builtin.slurp": {"src": f"{_DIRS['etc']}/{APPLIED}"},
+        "register": "_podnet_applied",
+        "failed_when": False,  # none yet
+        "changed_when": f"(_podnet_applied.content | default('') | b64decode) != {_ROUTES_DIGEST}",
+        "notify": ROUTES_TOPIC,
     }
 
 
@@ -207,5 +241,6 @@ def _copy_task(name: str, installs: Sequence[Tuple[str, str, str, str]], notify:
         "loop_control": {"label": "{{ item.dest }}"},
     }
     if notify:
-        task["notify"] = ROUTES_HANDLER
+        task["notify"] = ROUTES_TOPIC
+        task["register"] = "_podnet_routes"
     return task

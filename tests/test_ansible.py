@@ -15,6 +15,7 @@ through host variables, so every run also proves the directory variables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -153,7 +154,13 @@ class Cluster:
         # the record the playbook keeps, in its order (by directory key, then name)
         record = json.dumps([f"{self.roots / node}/{dirs[k]}/{name}" for k, name in sorted(by_key)]).encode()
         by_key[("etc", "installed.json")] = (0o644, record)
+        by_key[("etc", "routes.applied")] = (0o644, applied(by_key[("etc", "routes.sh")][1], by_key[("etc", "routes.table")][1]))
         return {f"{dirs[k]}/{name}": v for (k, name), v in by_key.items()}
+
+
+def applied(*contents: bytes) -> bytes:
+    """The record of the routes last applied: the SHA-1s of routes.sh and the table."""
+    return " ".join(hashlib.sha1(c).hexdigest() for c in contents).encode()
 
 
 def recap(result: subprocess.CompletedProcess) -> Dict[str, Dict[str, int]]:
@@ -269,7 +276,7 @@ def test_directory_variables_move_every_file(lifecycle: Dict[str, Step]):
     files = lifecycle["install"].files
     assert sorted(files[MOVED]) == sorted(
         ["etc/cni/bin/podnet-bridge", "etc/cni/conf.d/10-podnet.conflist", "usr/local/lib/podnet/routes.sh",
-         "usr/local/lib/podnet/routes.table", "usr/local/lib/podnet/installed.json"]
+         "usr/local/lib/podnet/routes.table", "usr/local/lib/podnet/installed.json", "usr/local/lib/podnet/routes.applied"]
         + [f"etc/cni/bin/{Path(p).name}" for p in files["alpha"] if p.endswith(".py")]
     )
     assert "opt/cni/bin/podnet-bridge" in files["alpha"]  # the others keep the defaults
@@ -338,6 +345,26 @@ def test_inventory_lists_every_node_at_its_address(cluster: Cluster):
     }}}}}
 
 
+def test_routes_left_unapplied_are_applied_by_the_next_run(cluster: Cluster):
+    """A run whose routes handler fails (or that ends before its handlers) installs the
+    files without applying them; the next run finds nothing changed, yet applies them,
+    as the record of the routes applied (routes.applied) is not what is installed."""
+    cluster.compile()
+    failed = cluster.play(routes_up="false")
+    assert failed.returncode != 0 and "RUNNING HANDLER [Apply the pod routes]" in failed.stdout, failed.stdout
+    assert cluster.handled() == []
+    for node in NODES:
+        assert "etc/podnet/routes.applied" not in cluster.installed(node)
+    again = ok(cluster.play())
+    assert cluster.handled() == sorted(NODES)
+    for node in NODES:
+        assert cluster.installed(node) == cluster.expected(node), node
+    third = cluster.play()
+    ok(third)
+    assert cluster.handled() == sorted(NODES)  # applied once: nothing to do now
+    assert {n: r["changed"] for n, r in recap(third).items()} == {n: 0 for n in NODES}
+
+
 def test_playbook_passes_syntax_check(cluster: Cluster):
     ok(cluster.play("--syntax-check"))
 
@@ -361,6 +388,7 @@ def test_router_mode_ships_the_router_table_to_the_router(cluster: Cluster):
         "etc/podnet/routes.sh": (0o755, (cluster.out / "router/routes.sh").read_bytes()),
         "etc/podnet/routes.table": (0o644, (cluster.out / "routes.table").read_bytes()),
         "etc/podnet/installed.json": (0o644, json.dumps([f"{cluster.roots}/router/etc/podnet/{f}" for f in ("routes.sh", "routes.table")]).encode()),
+        "etc/podnet/routes.applied": (0o644, applied((cluster.out / "router/routes.sh").read_bytes(), (cluster.out / "routes.table").read_bytes())),
     }
     for node in NODES:
         assert cluster.installed(node) == cluster.expected(node), node
