@@ -434,6 +434,10 @@ def test_table_nexthop_ids_validated(tmp_path, netns, shell):
         "10.244.2.0/24 192.168.1.3 node2 2100000002\n": "routes.table:2: nexthop id 2100000002 is outside podnet's range for IPv4",
         "fd00::/64 fd00::3 node2 1800000002\n": "routes.table:2: nexthop id 1800000002 is outside podnet's range for IPv6 (2100000000 + 0..268435455)",
         "10.244.2.0/24 192.168.1.3 node2 1800000001\n": "routes.table:2: nexthop id 1800000001 is also line 1's",
+        # only pod subnets: a default route in the table would replace the node's own
+        "0.0.0.0/0 192.168.1.3 node2 1800000002\n": "routes.table:2: 0.0.0.0/0 is not inside the pod ranges (10.244.0.0/16)",
+        "10.244.0.0/15 192.168.1.3 node2 1800000002\n": "routes.table:2: 10.244.0.0/15 is not inside the pod ranges",
+        "10.245.2.0/24 192.168.1.3 node2 1800000002\n": "routes.table:2: 10.245.2.0/24 is not inside the pod ranges",
     }
     for line, message in bad.items():
         table.write_text(own + line)
@@ -624,6 +628,21 @@ def test_dual_stack_up_check_down(tmp_path, netns, shell):
     out = compile_to(tmp_path, DUAL.format(masq="true"))
     script = install(out, "node1", tmp_path / "etc-podnet")
     ns = underlay_ns_multi(netns, "rt-dual", "192.168.1.2/24", "fd00::2/64")
+
+    # IPv6 lines are checked against the IPv6 pod range, in the compiler's spelling
+    table = script.parent / "routes.table"
+    good = table.read_text()
+    for line, message in {"fd00:10:245:2::/64 fd00::3 node9 2100000009\n": "fd00:10:245:2::/64 is not inside the pod ranges",
+                          "fd00:10:244::/48 fd00::3 node9 2100000009\n": "fd00:10:244::/48 is not inside the pod ranges",
+                          "::/0 fd00::3 node9 2100000009\n": "::/0 is not inside the pod ranges",
+                          "FD00:10:244:9::/64 fd00::3 node9 2100000009\n": "addresses are spelt in lower case"}.items():
+        table.write_text(good + line)
+        res = run(ns, shell, script, "check")
+        assert res.returncode == 1 and message in res.stderr, (line, res.stderr)
+    table.write_text(good + "fd00:10:244:ff::/64 fd00::3 node9 2100000255\n10.244.255.0/24 192.168.1.3 node9 1800000255\n")
+    res = run(ns, shell, script, "check")
+    assert "missing route: fd00:10:244:ff::/64 via fd00::3 dev eth0" in res.stdout, res.stdout + res.stderr
+    table.write_text(good)
 
     res = run(ns, shell, script, "check")
     assert res.returncode == 1

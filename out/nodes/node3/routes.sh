@@ -109,6 +109,46 @@ function say(line) { said[++says] = line }
 function route_text() { return (type != "" ? type " " : "") d (nhid != "" ? " nhid " nhid : "") (via != "" ? " via " via : "") (odev != "" ? " dev " odev : "") }
 function add(d, gw, n) { want[d] = gw; order[++wanted] = d; id[d] = n; ours[n] = d }
 function refuse(why) { printf "%s:%d: %s: %s\n", FILENAME, FNR, why, $0 > "/dev/stderr"; bad = 1; exit 1 }
+# inside(P): whether prefix P lies in one of the pod ranges (pods): the same family,
+# at least as long, the range'"'"'s leading bits the same
+function inside(p,    k, n, r, a, b, len, rlen, x, y, q) {
+	split(p, a, "/"); len = a[2] + 0
+	n = split(pods, r, " ")
+	for (k = 1; k <= n; k++) {
+		split(r[k], b, "/"); rlen = b[2] + 0
+		if (len < rlen || (index(a[1], ":") > 0) != (index(b[1], ":") > 0)) continue
+		if (!index(a[1], ":")) {
+			x = v4(a[1]); y = v4(b[1]); q = pow2(32 - rlen)
+			if (x >= 0 && int(x / q) == int(y / q)) return 1
+			continue
+		}
+		x = hex32(a[1]); y = hex32(b[1]); q = int(rlen / 4)
+		if (x == "" || substr(x, 1, q) != substr(y, 1, q)) continue
+		if (rlen % 4 == 0 || int(hexv(substr(x, q + 1, 1)) / pow2(4 - rlen % 4)) == int(hexv(substr(y, q + 1, 1)) / pow2(4 - rlen % 4))) return 1
+	}
+	return 0
+}
+function v4(s,    o, i, v) {
+	if (split(s, o, ".") != 4) return -1
+	v = 0
+	for (i = 1; i <= 4; i++) { if (o[i] !~ /^[0-9]+$/ || o[i] + 0 > 255) return -1; v = v * 256 + o[i] }
+	return v
+}
+function hexv(c) { return index("0123456789abcdef", c) - 1 }
+# (no ^: busybox awk may be built without it)
+function pow2(n,    v) { v = 1; while (n-- > 0) v *= 2; return v }
+# hex32(A): IPv6 address A as 32 hex digits; "" when it is not one
+function hex32(s,    i, h, t, nh, nt, hg, tg, k, out) {
+	i = index(s, "::")
+	if (i) { h = substr(s, 1, i - 1); t = substr(s, i + 2) } else { h = s; t = "" }
+	nh = h == "" ? 0 : split(h, hg, ":"); nt = t == "" ? 0 : split(t, tg, ":")
+	if (i ? nh + nt > 7 : nh != 8) return ""
+	out = ""
+	for (k = 1; k <= nh; k++) { if (hg[k] !~ /^[0-9a-f][0-9a-f]?[0-9a-f]?[0-9a-f]?$/) return ""; out = out substr("000", 1, 4 - length(hg[k])) hg[k] }
+	for (k = nh + nt; k < 8; k++) out = out "0000"
+	for (k = 1; k <= nt; k++) { if (tg[k] !~ /^[0-9a-f][0-9a-f]?[0-9a-f]?[0-9a-f]?$/) return ""; out = out substr("000", 1, 4 - length(tg[k])) tg[k] }
+	return out
+}
 BEGIN {
 	n = split(own, o, " "); for (i = 1; i <= n; i++) ownset[o[i]] = 1
 	n = split(fixed, f, " "); for (i = 1; i < n; i += 3) add(f[i], f[i + 1], f[i + 2])
@@ -123,6 +163,9 @@ table != "" && FILENAME == table {
 		refuse("not DESTINATION NEXTHOP NODE NHID")
 	base = index($1, ":") ? nhbase6 : nhbase4
 	if ($4 + 0 < base + 0 || $4 + 0 >= base + nhspan) refuse("nexthop id " $4 " is outside podnet'"'"'s range for " (base == nhbase6 ? "IPv6" : "IPv4") " (" base " + 0.." nhspan - 1 ")")
+	# (as the compiler and the kernel spell them: else every `up` would re-install it)
+	if ($1 $2 ~ /[A-F]/) refuse("addresses are spelt in lower case")
+	if (!inside($1)) refuse($1 " is not inside the pod ranges (" pods ")")
 	if (($1 in want) || ($1 in mineset)) refuse($1 " is listed twice")
 	if ($4 in idline) refuse("nexthop id " $4 " is also line " idline[$4] "'"'"'s")
 	idline[$4] = FNR
@@ -279,7 +322,7 @@ wanted_routes() {
 # routes.table and the kernel's state on stdin.
 routes_awk() {
 	[ -r "$ROUTES_TABLE" ] || die "cannot read $ROUTES_TABLE; install routes.table next to routes.sh or set PODNET_ROUTES_TABLE"
-	awk -v mode="$1" -v form="${FORM:-plain}" -v nhbase4="$NH_BASE4" -v nhbase6="$NH_BASE6" -v nhspan="$NH_SPAN" -v nhproto_want="$NH_PROTO" -v node='node3' -v own="$OWN_SUBNETS" -v dev="$DEV" -v bridge="$BRIDGE" -v fixed='' "$ROUTES_AWK" "$ROUTES_TABLE" -
+	awk -v mode="$1" -v form="${FORM:-plain}" -v nhbase4="$NH_BASE4" -v nhbase6="$NH_BASE6" -v nhspan="$NH_SPAN" -v nhproto_want="$NH_PROTO" -v node='node3' -v own="$OWN_SUBNETS" -v dev="$DEV" -v bridge="$BRIDGE" -v pods="$POD_CIDRS" -v fixed='' "$ROUTES_AWK" "$ROUTES_TABLE" -
 }
 
 # read_kernel: sets KERNEL to the kernel's nexthops and its routes inside the pod
