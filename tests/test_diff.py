@@ -171,17 +171,21 @@ nodes:
 """
 
 
+def dual(tmp: Path, name: str, pods: str = '[10.244.0.0/16, "fd00:10:244::/56"]', router6: str = "fd00:1::1", edit=lambda t: t) -> Path:
+    return write_topology(tmp, edit(DUAL.format(pods=pods, router6=router6)), name)
+
+
 def test_dual_stack_families_listed_the_other_way_round_move_nothing(tmp_path: Path):
-    old = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1"), "old.yaml")
-    new = write_topology(tmp_path, DUAL.format(pods='["fd00:10:244::/56", 10.244.0.0/16]', router6="fd00:1::1"), "new.yaml")
+    old = dual(tmp_path, "old.yaml")
+    new = dual(tmp_path, "new.yaml", pods='["fd00:10:244::/56", 10.244.0.0/16]')
     r = diff(old, new)
     assert r.returncode == 0, r.stderr
     assert "moved" not in r.stdout and "address changed" not in r.stdout and "routes" not in r.stdout, r.stdout
 
 
 def test_dual_stack_router_mode_knows_each_familys_router(tmp_path: Path):
-    old = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1"), "old.yaml")
-    new = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::99"), "new.yaml")
+    old = dual(tmp_path, "old.yaml")
+    new = dual(tmp_path, "new.yaml", router6="fd00:1::99")
     r = diff(old, new)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1:] == [
@@ -194,8 +198,7 @@ def test_dual_stack_router_mode_knows_each_familys_router(tmp_path: Path):
 
 
 def test_a_moved_dual_stack_subnet_is_pinned_back_as_a_list(tmp_path: Path):
-    old = write_topology(tmp_path, DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1"), "old.yaml")
-    text = DUAL.format(pods='[10.244.0.0/16, "fd00:10:244::/56"]', router6="fd00:1::1").replace("10.244.1.0/24", "10.244.7.0/24")
-    r = diff(old, write_topology(tmp_path, text, "new.yaml"))
+    old = dual(tmp_path, "old.yaml")
+    r = diff(old, dual(tmp_path, "new.yaml", edit=lambda t: t.replace("10.244.1.0/24", "10.244.7.0/24")))
     assert r.returncode == 1
     assert "Pin it back (podCIDR: [10.244.1.0/24, fd00:10:244:1::/64])" in r.stderr, r.stderr
