@@ -301,7 +301,9 @@ def ipam_range(f: Facts) -> Iterator[Diagnostic]:
         prefix = f.prefixes[version]
         if prefix is None or not pool.prefixlen <= prefix <= pool.max_prefixlen - 2:
             continue
-        last = (1 << (pool.max_prefixlen - prefix)) - 2
+        # (IPv4's last address is the broadcast; IPv6 has none, and host-local's default
+        # range, like podnet's, ends at the subnet's last address)
+        last = (1 << (pool.max_prefixlen - prefix)) - (2 if version == 4 else 1)
         for key, value in (("rangeStart", start), ("rangeEnd", end)):
             if value is not None and value > last:
                 yield f.doc.at(("network", key), f"network.{key}: offset {value} is outside a /{prefix} node subnet, whose pod addresses are offsets 1..{last}")
@@ -313,6 +315,15 @@ def ipam_range(f: Facts) -> Iterator[Diagnostic]:
             yield f.doc.at(("network", "rangeEnd"), f"network.rangeEnd: {end} is before network.rangeStart {first}")
         elif first == end == 1:
             yield f.doc.at(("network", "rangeEnd"), "network.rangeEnd: the range holds only the gateway (offset 1); no address is left for pods")
+
+
+def data_dir_plain(f: Facts) -> Iterator[Diagnostic]:
+    """dataDir without `.` or `..` parts: host-local (Go) cleans such a path by its text,
+    the kernel follows symlinks first, so after a symlinked directory the two would use
+    different stores, and hand out the same address twice."""
+    data_dir = f.net.get("dataDir")
+    if isinstance(data_dir, str) and any(part in (".", "..") for part in data_dir.split("/")):
+        yield f.doc.at(("network", "dataDir"), f"network.dataDir: {data_dir!r} has . or .. parts; give the directory's plain path")
 
 
 def shipped_names(f: Facts) -> Iterator[Diagnostic]:
@@ -353,6 +364,7 @@ RULES: Tuple[Rule, ...] = (
     router_mode,
     bridge_not_underlay,
     ipam_range,
+    data_dir_plain,
     shipped_names,
 )
 

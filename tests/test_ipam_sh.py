@@ -592,3 +592,20 @@ def test_dual_stack_takes_and_releases_one_address_per_family(shell, ipam29, tmp
 
 def leases6(store: Path) -> Dict[str, bytes]:
     return {k: v for k, v in snapshot(store).items() if ":" in k}
+
+
+@pytest.mark.parametrize("shell", ["dash", "busybox"])
+def test_a_full_store_fails_the_add_and_leaves_nothing(shell, ipam29, tmp_path):
+    """A lease that cannot be written (its file system full: created, not written) is a
+    failure (1), not an exhausted pool (2), and leaves no empty lease (which host-local
+    too would take for a taken address) and no marker; no other address is tried. (A
+    read-only store fails earlier, at its lock.)"""
+    store = tmp_path / "store"
+    store.mkdir()
+    script = (f'mount -t tmpfs -o size=16k none "{store}" && : >"{store}/lock" && printf 10.244.1.6 >"{store}/last_reserved_ip.0" && '
+              f'{{ dd if=/dev/zero of="{store}/fill" bs=4k count=64 2>/dev/null; : ; }} && {{ "$@"; rc=$?; ls -A "{store}" >&2; exit $rc; }}')
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", *ipam_argv(shell, "ipam_add c1 eth0")], capture_output=True, text=True,
+                       env=ipam_env(shell, ipam29, store), timeout=60)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "cannot write the lease" in r.stderr and "no free address" not in r.stderr, r.stderr
+    assert sorted(r.stderr.splitlines()[-3:]) == ["fill", "last_reserved_ip.0", "lock"], r.stderr

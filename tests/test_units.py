@@ -213,3 +213,17 @@ def test_shell_names_are_the_plugins_own():
     pattern = re.search(r"^\tcase \$\{0##\*/\} in\n\t(.*)\) return 0 ;;$", text, re.M)
     assert pattern, "sourced() changed shape"
     assert tuple(pattern.group(1).split(" | ")) == SHELL_NAMES
+
+
+def test_an_ipv6_range_may_end_at_the_subnets_last_address():
+    """IPv6 has no broadcast address: rangeEnd may name a node subnet's last address
+    (host-local's default end, and podnet's), one past IPv4's limit."""
+    from compiler.plan import ipam_ranges
+    from compiler.topology import build
+
+    text = b'network:\n  podCIDR: "fd00:10:244::/56"\n  nodePrefixLength6: 126\n  rangeEnd: 3\nnodes:\n  - name: node1\n    address: "fd01::2"\n'
+    topo = build(load.load_bytes(text, "t.yaml"))
+    assert [tuple(map(str, r)) for r in ipam_ranges(topo, topo.nodes[0])] == [("fd00:10:244::1", "fd00:10:244::3")]
+    with pytest.raises(InputError) as e:
+        build(load.load_bytes(text.replace(b"rangeEnd: 3", b"rangeEnd: 4"), "t.yaml"))
+    assert "offsets 1..3" in str(e.value)

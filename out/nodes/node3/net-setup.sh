@@ -575,9 +575,9 @@ ipam_take() {
 			if [ -f "$IPAM_STORE/$IPAM_IP" ] && [ ! -s "$IPAM_STORE/$IPAM_IP" ]; then
 				rm -f -- "$IPAM_STORE/$IPAM_IP"
 			fi
-			if [ ! -e "$IPAM_STORE/$IPAM_IP" ] && ipam_reserve "$IPAM_IP" "$1" "$2" "$3"; then
-				IPAM_ADDR=$IPAM_IP
-				return 0
+			if [ ! -e "$IPAM_STORE/$IPAM_IP" ]; then
+				ipam_reserve "$IPAM_IP" "$1" "$2" "$3" && IPAM_ADDR=$IPAM_IP && return 0
+				[ "$?" = 1 ] || return 1
 			fi
 		fi
 		IPAM_CUR=$((IPAM_CUR + 1))
@@ -600,7 +600,13 @@ ipam_reserve() {
 	# shell in dash and busybox ash, `|| :` or not)
 	true 2>/dev/null >"$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$1" || :
 	if ! printf '%s\r\n%s' "$2" "$3" 2>/dev/null >"$IPAM_STORE/$1"; then
-		return 1
+		# taken meanwhile (a lease with its content): the next address. Else the store
+		# could not be written (full, read-only): what this left goes (an empty lease
+		# would stop host-local too), and the ADD fails -- not "exhausted" (4)
+		[ ! -s "$IPAM_STORE/$1" ] || return 1
+		rm -f -- "$IPAM_STORE/$1" "$IPAM_STORE/$IPAM_MARK.$IPAM_HASH.$1" 2>/dev/null
+		echo "ipam: cannot write the lease $IPAM_STORE/$1; is its file system full or read-only?" >&2
+		return 4
 	fi
 	# In place when ADDRESS is at least as long as what the file holds (the usual
 	# case): ext4 writes a file out to disk when it is truncated to be rewritten,
