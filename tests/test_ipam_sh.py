@@ -609,3 +609,16 @@ def test_a_full_store_fails_the_add_and_leaves_nothing(shell, ipam29, tmp_path):
     assert r.returncode == 1, (r.returncode, r.stderr)
     assert "cannot write the lease" in r.stderr and "no free address" not in r.stderr, r.stderr
     assert sorted(r.stderr.splitlines()[-3:]) == ["fill", "last_reserved_ip.0", "lock"], r.stderr
+
+
+def test_an_unwritable_last_reserved_ip_only_warns(shell, ipam29, tmp_path):
+    """last_reserved_ip.0 that cannot be written (here a directory): the lease stands
+    and the ADD succeeds with a warning, on every path (the Python fallback failed the
+    ADD and kept the lease)."""
+    store = tmp_path / "store"
+    (store / "last_reserved_ip.0").mkdir(parents=True)
+    r = call(shell, ipam29, store, "ipam_add c1 eth0")
+    assert (r.returncode, r.stdout) == (0, "10.244.1.2/29 10.244.1.1\n"), r.stderr
+    assert "warning: cannot record 10.244.1.2" in r.stderr
+    assert sorted(p.name for p in store.iterdir() if re.fullmatch(r"[0-9.]+", p.name)) == ["10.244.1.2"]
+    assert (store / "10.244.1.2").read_bytes() == b"c1\r\neth0"

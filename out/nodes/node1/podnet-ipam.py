@@ -309,7 +309,10 @@ class Allocator:
                 # the marker first: a lease podnet wrote always has one
                 self.store.mark(mark + name)
                 if self.store.create(name, content):
-                    self.store.write(LAST_RESERVED + str(index), name.encode())
+                    try:
+                        self.store.write(LAST_RESERVED + str(index), name.encode())
+                    except OSError as e:  # the lease stands, as on the shell's path
+                        sys.stderr.write("ipam: warning: cannot record %s in %s%d (%s); round-robin restarts\n" % (name, LAST_RESERVED, index, e.strerror))
                     return name
             cur += 1
         raise IpamError("no free address left in %s; release leases with DEL or GC" % rng.subnet, EXHAUSTED)
