@@ -39,6 +39,7 @@ def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: boo
     the writer's index vouches for (same inputs, file untouched) is not rendered."""
     writer = TreeWriter(out_dir, check=check, on_change=on_change)
     worker: Optional[_Worker] = None
+    failed = False  # an error, not an interruption: every temporary file is then removed
     try:
         if not check and _parallel(len(node_files(topo)) * len(topo.nodes)):
             mine, theirs = _split(topo.nodes)
@@ -53,10 +54,17 @@ def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: boo
         if not check:
             writer.commit()
         return pending
+    except Exception:
+        failed = True
+        raise
     finally:
         if worker:
             worker.reap()
         writer.abort()
+        # (after ^C, a signal or a worker that died, a temporary file may be left:
+        # OUT/.podnet-busy stays, and the next compile sweeps OUT first)
+        if failed and (worker is None or worker.known):
+            writer.not_busy()
 
 
 def _parallel(count: int) -> bool:
@@ -111,6 +119,7 @@ class _Worker:
     def __init__(self, writer: TreeWriter, make: Callable[[], List[Artifact]]):
         self._result: Optional[tuple] = None
         self._merged = False
+        self.known = False  # whether the worker said how it ended (it then removed its temporary files, or handed them over)
         read, write = os.pipe()
         self.pid = os.fork()
         if self.pid == 0:  # the worker: never returns
@@ -145,6 +154,7 @@ class _Worker:
                 _, status = os.waitpid(self.pid, 0)  # also when interrupted: no zombie
             try:
                 self._result = pickle.loads(data)
+                self.known = True
             except Exception:
                 self._result = ("error", f"the worker died (wait status {status}) without a result\n")
         return self._result

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from compiler import __version__
@@ -99,11 +101,19 @@ def cmd_compile(args) -> int:
     # Reference counting still frees what a compile drops.
     enabled = gc.isenabled()
     gc.disable()
+    # SIGTERM ends a compile as ^C does: its temporary files are removed on the way out
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         return _compile(args)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if enabled:
             gc.enable()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt()
 
 
 def _compile(args) -> int:

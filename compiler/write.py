@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import stat as statmod
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set, Tuple
@@ -32,6 +33,12 @@ from compiler import __version__
 
 MANIFEST = "manifest.json"
 INDEX = ".podnet-index"
+# OUT/.podnet-busy exists from a compile's first temporary file until its commit is done:
+# a compile that finds it (the last one was killed, or failed part-way, perhaps in its
+# forked worker) first removes every temporary file that one may have left in OUT.
+BUSY = ".podnet-busy"
+_TEMP = re.compile(r"\.podnet-[0-9a-f]{12}")
+_MODE_BITS = 0o7777  # setuid, setgid and sticky too: a fresh compile has none of them
 _INDEX_FORMAT = 1
 
 
@@ -79,11 +86,13 @@ def previous_artifacts(out_dir: str) -> List[str]:
     try:
         with open(os.path.join(out_dir, MANIFEST), encoding="utf-8") as f:
             old = json.load(f)
-        paths = list(old.get("artifacts", {}))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
+        return []
+    artifacts = old.get("artifacts") if isinstance(old, dict) else None
+    if not isinstance(artifacts, dict):  # not a manifest podnet wrote: it names nothing
         return []
     # never follow a manifest outside OUT
-    return [p for p in paths if isinstance(p, str) and _safe_relpath(p)]
+    return [p for p in artifacts if isinstance(p, str) and _safe_relpath(p)]
 
 
 def _safe_relpath(p: str) -> bool:
@@ -116,7 +125,11 @@ class TreeWriter:
         self._renamed = 0  # how many of _staged commit() has renamed
         self._modes: Dict[str, int] = {}
         self._dirs: Set[str] = set()  # directories known to exist
+        self._real: Set[str] = set()  # directories under OUT known to be no symlink
+        self._busy = False  # whether this writer made OUT/BUSY
         self._old_index, self._index_time = ({}, 0) if check else _read_index(out_dir)
+        if not check and os.path.lexists(os.path.join(out_dir, BUSY)):
+            _sweep_temps(out_dir)
         self.index: Dict[str, IndexEntry] = {}  # this run's, written by commit()
         self._unstatted: List[str] = []  # index paths whose stat is taken after commit
 
@@ -127,10 +140,10 @@ class TreeWriter:
         if self.check or inputs is None or old is None or old[0] != inputs:
             return False
         try:
-            st = os.stat(os.path.join(self.out_dir, path))
+            st = os.lstat(os.path.join(self.out_dir, path))
         except OSError:
             return False
-        if old[2:] != [st.st_size, st.st_mode & 0o777, st.st_ino, st.st_mtime_ns, st.st_ctime_ns] or old[3] != mode or not statmod.S_ISREG(st.st_mode):
+        if old[2:] != [st.st_size, st.st_mode & _MODE_BITS, st.st_ino, st.st_mtime_ns, st.st_ctime_ns] or old[3] != mode or not statmod.S_ISREG(st.st_mode):
             return False
         if st.st_ctime_ns >= self._index_time:  # changed in the tick the index was written: doubt it
             return False
@@ -152,9 +165,10 @@ class TreeWriter:
     def _compare(self, path: str, content: bytes, mode: int) -> Optional[os.stat_result]:
         """Stages or reports the file if it differs; returns its stat when it does not."""
         full = os.path.join(self.out_dir, path)
+        self._real_dir(os.path.dirname(path))
         old, st = _read(full, None if self.check else len(content))
-        old_mode = mode if st is None else st.st_mode & 0o777
-        same = st is not None and st.st_size == len(content) and old == content
+        old_mode = mode if st is None else st.st_mode & _MODE_BITS
+        same = st is not None and statmod.S_ISREG(st.st_mode) and st.st_size == len(content) and old == content
         if same and old_mode == mode:
             return st
         kind = "new" if st is None else "mode" if same else "changed"
@@ -170,10 +184,11 @@ class TreeWriter:
     def delta(self) -> tuple:
         """What this writer recorded, for another writer's `merge` (a forked worker's
         copy hands back its share; it never commits)."""
-        return (self.entries, self.index, self.pending, self._staged, self._modes, self._unstatted)
+        return (self.entries, self.index, self.pending, self._staged, self._modes, self._unstatted, self._busy)
 
     def merge(self, delta: tuple) -> None:
-        entries, index, pending, staged, modes, unstatted = delta
+        entries, index, pending, staged, modes, unstatted, busy = delta
+        self._busy = self._busy or busy
         self.entries.update(entries)
         self.index.update(index)
         self.pending += pending
@@ -192,7 +207,26 @@ class TreeWriter:
         if directory not in self._dirs:
             os.makedirs(directory, exist_ok=True)
             self._dirs.add(directory)
+        if not self._busy:
+            self._busy = True
+            open(os.path.join(self.out_dir, BUSY), "ab").close()
         return _stage_in(directory, content, mode)
+
+    def _real_dir(self, rel_dir: str) -> None:
+        """Refuses (OSError) a directory under OUT that is, or lies under, a symlink or
+        anything but a directory: podnet writes, reads and removes only in the tree
+        it made, never through a link to elsewhere."""
+        probe = rel_dir
+        while probe and probe not in self._real:
+            try:
+                st = os.lstat(os.path.join(self.out_dir, probe))
+            except FileNotFoundError:
+                probe = os.path.dirname(probe)
+                continue
+            if not statmod.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, "not a directory (a symlink?); podnet writes only into directories it made", os.path.join(self.out_dir, probe))
+            self._real.add(probe)
+            probe = os.path.dirname(probe)
 
     def finish(self, topology_bytes: bytes, source: str) -> List[Change]:
         """Adds manifest.json and the removals of artifacts podnet no longer produces."""
@@ -204,11 +238,20 @@ class TreeWriter:
         self._compare(MANIFEST, manifest_text(manifest).encode(), 0o644)
         for path in previous_artifacts(self.out_dir):
             full = os.path.join(self.out_dir, path)
-            if path not in self.entries and path != MANIFEST and os.path.isfile(full):
-                if self.check:
+            if path in self.entries or path == MANIFEST or not os.path.isfile(full):
+                continue
+            try:
+                self._real_dir(os.path.dirname(path))
+            except OSError:
+                continue  # under a symlink: not podnet's to remove
+            if self.check:
+                # (a symlink put there is shown, and later removed, as itself: never read through)
+                if statmod.S_ISLNK(os.lstat(full).st_mode):
+                    self.on_change(Change(path, "removed", f"(a symlink to {os.readlink(full)})\n".encode(), None))
+                else:
                     with open(full, "rb") as f:
                         self.on_change(Change(path, "removed", f.read(), None))
-                self.pending.append(Change(path, "removed"))
+            self.pending.append(Change(path, "removed"))
         self.pending.sort(key=lambda c: c.path)
         return self.pending
 
@@ -220,18 +263,25 @@ class TreeWriter:
                 os.sync()  # one sync for all files, not an fsync per file
             manifest = os.path.join(self.out_dir, MANIFEST)
             self._staged.sort(key=lambda s: s[1] == manifest)
-            for tmp, full in self._staged:
+            last = len(self._staged) - (1 if self._staged and self._staged[-1][1] == manifest else 0)
+            for tmp, full in self._staged[:last]:
                 os.replace(tmp, full)
                 self._renamed += 1  # abort() skips the temp names already renamed
             for path, mode in self._modes.items():
                 os.chmod(os.path.join(self.out_dir, path), mode)
+            # the removals before the manifest: until it is in place, the old one still
+            # names what a killed run had not removed yet, and the next run removes it
             for change in self.pending:
                 if change.kind == "removed":
-                    os.unlink(os.path.join(self.out_dir, change.path))
+                    _unlink_quietly(os.path.join(self.out_dir, change.path))
                     _prune_empty_dirs(self.out_dir, os.path.dirname(change.path))
+            for tmp, full in self._staged[last:]:
+                os.replace(tmp, full)
+                self._renamed += 1
         finally:
             self.abort()
         self._write_index()
+        self.not_busy()
 
     def _write_index(self) -> None:
         for path in self._unstatted:
@@ -250,6 +300,13 @@ class TreeWriter:
         except BaseException:
             _unlink_quietly(tmp)
             raise
+
+    def not_busy(self) -> None:
+        """Removes OUT/BUSY once no temporary file of this compile (whichever of its
+        processes made the marker) or of an earlier one (swept at the start) is left."""
+        if not self.check:
+            _unlink_quietly(os.path.join(self.out_dir, BUSY))
+            self._busy = False
 
     def abort(self) -> None:
         """Removes staged temporary files (after a failure part-way)."""
@@ -280,14 +337,20 @@ def _read(full: str, size: Optional[int]) -> Tuple[Optional[bytes], Optional[os.
     """(contents, stat) of an existing file, (None, None) when there is none; with
     `size`, a file of another size is not read (it differs anyway): (None, stat)."""
     try:
-        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC)
+        # (not through a symlink, and never waiting on a FIFO: either differs, and
+        # is replaced by the file)
+        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None, None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        return None, os.lstat(full)
     try:
         st = os.fstat(fd)
         if statmod.S_ISDIR(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), full)
-        if size is not None and st.st_size != size:
+        if not statmod.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
             return None, st
         chunks = []
         while True:
@@ -336,6 +399,14 @@ def _stage_in(directory: str, content: bytes, mode: int) -> str:
         raise
     os.close(fd)
     return tmp
+
+
+def _sweep_temps(out_dir: str) -> None:
+    """Removes the temporary files a killed or failed compile left anywhere in OUT."""
+    for root, dirs, files in os.walk(out_dir):  # (os.walk does not follow symlinks)
+        for name in files:
+            if _TEMP.fullmatch(name):
+                _unlink_quietly(os.path.join(root, name))
 
 
 def _unlink_quietly(path: str) -> None:

@@ -4,6 +4,7 @@ rendered and compared as without it. Also: identical files are rendered once."""
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -267,3 +268,98 @@ def test_a_failure_on_either_side_leaves_nothing_half_written(monkeypatch, tmp_p
         compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
     assert tree(out) == before  # nothing renamed, the old manifest stays
     assert temp_files(out) == []  # every staged file of both processes removed
+
+
+def test_a_compile_killed_while_removing_leaves_nothing_for_good(monkeypatch, tmp_path):
+    """The old manifest is replaced only after the removals: a compile killed among
+    them leaves the old manifest, which still names what it had not removed yet, and
+    the next compile removes it (it used to stay for good)."""
+    from compiler import write
+
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    write_topology(tmp_path, THREE_NODES.split("  - name: node3")[0])
+    real_unlink = write._unlink_quietly
+
+    def killed(path):
+        if "/nodes/node3/" in path:
+            raise KeyboardInterrupt()
+        real_unlink(path)
+
+    monkeypatch.setattr(write, "_unlink_quietly", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    monkeypatch.setattr(write, "_unlink_quietly", real_unlink)
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    fresh = tmp_path / "fresh"
+    compile_into(str(fresh), load_topology(str(topo)), topo.read_bytes())
+    assert tree(out) == tree(fresh)
+
+
+def test_temporary_files_a_killed_compile_left_are_swept(tmp_path):
+    """A compile killed mid-way (SIGKILL, or its worker dying) leaves temporary files
+    and OUT/.podnet-busy; the next compile removes them all, anywhere in OUT."""
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    assert not (out / ".podnet-busy").exists()
+    for leftover in ("nodes/node1/.podnet-0123456789ab", ".podnet-abcdefabcdef"):
+        (out / leftover).write_bytes(b"half")
+    (out / ".podnet-busy").write_bytes(b"")
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    assert temp_files(out) == [] and not (out / ".podnet-busy").exists()
+    assert (out / ".podnet-index").exists()
+
+
+def test_links_fifos_and_odd_modes_in_out_are_replaced_never_followed(tmp_path):
+    """OUT is podnet's tree: a symlink put in place of an artifact is replaced by the
+    file (its target untouched), a FIFO too (no read waits on it), a setuid bit is
+    dropped; a symlinked directory is refused, never written through, and a manifest
+    naming a path through one removes nothing there."""
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    fresh = tree(out)
+    victim = tmp_path / "victim"
+    victim.write_bytes((out / "nodes/node1/routes.sh").read_bytes())
+    victim.chmod(0o600)
+    (out / "nodes/node1/routes.sh").unlink()
+    (out / "nodes/node1/routes.sh").symlink_to(victim)
+    (out / "routes.table").unlink()
+    os.mkfifo(out / "routes.table")
+    (out / "nodes/node2/net-setup.sh").chmod(0o4755)
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    assert tree(out) == fresh and not (out / "nodes/node1/routes.sh").is_symlink()
+    assert victim.stat().st_mode & 0o7777 == 0o600
+    assert (out / "nodes/node2/net-setup.sh").stat().st_mode & 0o7777 == 0o755
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "passwd").write_text("keep me\n")
+    (out / "lnk").symlink_to(elsewhere)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["artifacts"]["lnk/passwd"] = {"mode": "0644", "sha256": "0" * 64, "size": 1}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    assert (elsewhere / "passwd").read_text() == "keep me\n"
+
+    shutil.rmtree(out / "nodes/node3")
+    (out / "nodes/node3").symlink_to(elsewhere)
+    with pytest.raises(OSError, match="not a directory"):
+        compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["passwd"]
+
+
+@pytest.mark.parametrize("artifacts", ["null", "5", '"b"', "[]"])
+def test_a_manifest_not_podnets_names_nothing(tmp_path, artifacts):
+    """A hand-edited manifest whose artifacts are not a mapping: no traceback, and
+    nothing it may seem to name is removed (a string used to be read letter by letter)."""
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_into(str(out), load_topology(str(topo)), topo.read_bytes())
+    (out / "b").write_text("foreign\n")
+    (out / "manifest.json").write_text('{"artifacts": %s}' % artifacts)
+    r = podnet("compile", str(topo), "-o", str(out))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert (out / "b").read_text() == "foreign\n"
