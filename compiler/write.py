@@ -207,10 +207,13 @@ class TreeWriter:
         if directory not in self._dirs:
             os.makedirs(directory, exist_ok=True)
             self._dirs.add(directory)
+        self._mark_busy()
+        return _stage_in(directory, content, mode)
+
+    def _mark_busy(self) -> None:
         if not self._busy:
             self._busy = True
             open(os.path.join(self.out_dir, BUSY), "ab").close()
-        return _stage_in(directory, content, mode)
 
     def _real_dir(self, rel_dir: str) -> None:
         """Refuses (OSError) a directory under OUT that is, or lies under, a symlink or
@@ -294,6 +297,7 @@ class TreeWriter:
         if self.index == self._old_index and not self._unstatted:
             return  # (entries in doubt because of the index's time stay so: they cost a render)
         text = json.dumps({"podnet-index": _INDEX_FORMAT, "files": self.index}, separators=(",", ":"), sort_keys=True)
+        self._mark_busy()
         tmp = _stage_in(self.out_dir, text.encode(), 0o644)
         try:
             os.replace(tmp, os.path.join(self.out_dir, INDEX))  # a cache: no sync
