@@ -1993,9 +1993,9 @@ cmd_del() {
 
 # del_links: deleting IFNAME inside the pod's netns removes the pair. Loopback stays
 # up (ADD brought it up): the pod's other networks may still need it, as when one of
-# several attachments goes, and the netns goes with the pod. Without the netns (gone, or CNI_NETNS empty) the host end is found by name
-# and deleted only when its alias proves it is this attachment's; a vanished netns
-# took the pair along.
+# several attachments goes, and the netns goes with the pod. Without the netns (gone,
+# or CNI_NETNS empty) the host end is found by name and deleted only when its alias
+# proves it is this attachment's; a vanished netns took the pair along.
 del_links() {
 	if [ -n "$NETNS" ] && [ -e "$NETNS" ] && "$IP" -n "$NS_REF" link del dev "$IFNAME" 2>/dev/null; then
 		return 0
