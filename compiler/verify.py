@@ -519,15 +519,16 @@ class Cluster:
         # addresses when the traffic was masqueraded on the way (masquerading pod
         # traffic also hides a missing route back). Pod to node addresses then, which
         # masquerade may rightly rewrite.
-        masq = self.topo.network.masquerade and bool(shutil.which("iptables"))
-        if masq:
-            self.parallel("nodes' NAT counters zeroed", self.nodes, lambda m: self._nat_packets(m, zero=True))
+        pools4 = [str(p.cidr) for p in self.topo.network.pools if p.family == 4]
+        count = bool(pools4) and bool(shutil.which("iptables"))
+        if count:
+            self.parallel("nodes' counters set", self.nodes, lambda m: self._foreign_packets(m, pools4, add=True))
         to_pods = {ns: [t for t in ts if not t[3]] for ns, ts in targets.items()}
         results = self.parallel("pods done pinging pods", sorted(to_pods), lambda ns: (ns, to_pods[ns], self._ping(ns, to_pods[ns])))
-        if masq:
-            for m, packets in zip(self.nodes, self.parallel("nodes' NAT counters read", self.nodes, self._nat_packets)):
+        if count:
+            for m, packets in zip(self.nodes, self.parallel("nodes' counters read", self.nodes, lambda m: self._foreign_packets(m, pools4))):
                 if packets:
-                    self.report.problems.append(f"{m.name}: {packets} pod-to-pod packet(s) went through a masquerade (or SNAT) rule; pods must see each other's own addresses")
+                    self.report.problems.append(f"{m.name}: {packets} packet(s) for its pods came from outside the pod range while pods pinged pods: pod-to-pod traffic was masqueraded on the way")
         to_nodes = {ns: [t for t in ts if t[3]] for ns, ts in targets.items() if any(t[3] for t in ts)}
         results += self.parallel("pods done pinging nodes", sorted(to_nodes), lambda ns: (ns, to_nodes[ns], self._ping(ns, to_nodes[ns])))
         r = self.report
@@ -545,17 +546,21 @@ class Cluster:
                 if not good:
                     r.failing_pairs.append((f"{src.name} {src_address}", f"{dst_label} {address}"))
 
-    def _nat_packets(self, m: Machine, zero: bool = False) -> int:
-        """The packets node m's nat POSTROUTING rules that masquerade or SNAT have
-        counted (each connection's first); with `zero`, sets their counters to 0."""
-        if zero:
-            self.runner.run(["ip", "netns", "exec", m.netns, "iptables", "-w", "-t", "nat", "-Z", "POSTROUTING"])
+    def _foreign_packets(self, m: Machine, pools: List[str], add: bool = False) -> int:
+        """Counts, in node m's FORWARD chain, IPv4 echo requests to its pods from outside
+        the pod range (a counting rule per range, no target): while pods ping pods there
+        are none, unless a node on the way masqueraded them (an ICMP error from a router
+        on the way is no echo request). With `add`, puts the rules in."""
+        rules = [["!", "-s", pool, "-d", pool, "-p", "icmp", "-m", "icmp", "--icmp-type", "echo-request", "-m", "comment", "--comment", "podnet-verify"] for pool in pools]
+        if add:
+            for rule in rules:
+                self.runner.run(["ip", "netns", "exec", m.netns, "iptables", "-w", "-I", "FORWARD", "1", *rule])
             return 0
-        res = self.runner.run(["ip", "netns", "exec", m.netns, "iptables", "-w", "-t", "nat", "-S", "POSTROUTING", "-v"])
+        res = self.runner.run(["ip", "netns", "exec", m.netns, "iptables", "-w", "-S", "FORWARD", "-v"])
         packets = 0
         for line in res.stdout.splitlines():
             words = line.split()
-            if "-c" in words and ("MASQUERADE" in words or "SNAT" in words):
+            if "podnet-verify" in line and "-c" in words:
                 packets += int(words[words.index("-c") + 1])
         return packets
 
