@@ -515,10 +515,10 @@ class Cluster:
                 targets.setdefault(src.netns, []).append((address, node_name, f"node {node_name}", True, src_address))
         per_family = f" x {families} families" if families > 1 else ""
         self.progress.say(f"pinging: {len(pairs)} of {total} pod pairs and {len(node_targets)} pod -> other node addresses{per_family}, from {len(targets)} pods")
-        # Pod to pod first, counting the nodes' NAT: a reply proves nothing about
-        # addresses when the traffic was masqueraded on the way (masquerading pod
-        # traffic also hides a missing route back). Pod to node addresses then, which
-        # masquerade may rightly rewrite.
+        # Pod to pod first, each node counting the echo requests for its pods from
+        # outside the pod range: a reply proves nothing about addresses when the traffic
+        # was masqueraded on the way (which also hides a missing route back). Pod to node
+        # addresses then, which masquerade may rightly rewrite.
         pools4 = [str(p.cidr) for p in self.topo.network.pools if p.family == 4]
         count = bool(pools4) and bool(shutil.which("iptables"))
         if count:
@@ -776,14 +776,16 @@ def run(topology: str, pods_per_node: int = 2, keep: bool = False, max_pairs: in
 def _work_base(data_dir: str) -> Optional[str]:
     """Where the run's work directory goes: the system's temp directory, unless that is
     inside the topology's dataDir, which each node sees its own (bind-mounted) copy of."""
-    tmp = os.path.realpath(tempfile.gettempdir())
     data = os.path.realpath(data_dir)
-    if tmp == data or tmp.startswith(data.rstrip("/") + "/"):
-        for base in ("/var/tmp", "/run", "/dev/shm"):
-            real = os.path.realpath(base)
-            if os.path.isdir(real) and os.access(real, os.W_OK) and not (real == data or real.startswith(data.rstrip("/") + "/")):
-                return real
-    return None
+
+    def hidden(path: str) -> bool:
+        return os.path.commonpath([path, data]) == data
+
+    tmp = os.path.realpath(tempfile.gettempdir())
+    if not hidden(tmp):
+        return None
+    bases = (os.path.realpath(b) for b in ("/var/tmp", "/run", "/dev/shm"))
+    return next((b for b in bases if os.path.isdir(b) and os.access(b, os.W_OK) and not hidden(b)), None)
 
 
 def _raise_interrupt(signum, frame):

@@ -126,7 +126,7 @@ class TreeWriter:
         self._modes: Dict[str, int] = {}
         self._dirs: Set[str] = set()  # directories known to exist
         self._real: Set[str] = set()  # directories under OUT known to be no symlink
-        self._busy = False  # whether this writer made OUT/BUSY
+        self._busy = False  # whether this process made OUT/BUSY (not_busy removes it whoever did)
         self._old_index, self._index_time = ({}, 0) if check else _read_index(out_dir)
         if not check and os.path.lexists(os.path.join(out_dir, BUSY)):
             _sweep_temps(out_dir)
@@ -184,11 +184,10 @@ class TreeWriter:
     def delta(self) -> tuple:
         """What this writer recorded, for another writer's `merge` (a forked worker's
         copy hands back its share; it never commits)."""
-        return (self.entries, self.index, self.pending, self._staged, self._modes, self._unstatted, self._busy)
+        return (self.entries, self.index, self.pending, self._staged, self._modes, self._unstatted)
 
     def merge(self, delta: tuple) -> None:
-        entries, index, pending, staged, modes, unstatted, busy = delta
-        self._busy = self._busy or busy
+        entries, index, pending, staged, modes, unstatted = delta
         self.entries.update(entries)
         self.index.update(index)
         self.pending += pending
