@@ -109,22 +109,20 @@ function say(line) { said[++says] = line }
 function route_text() { return (type != "" ? type " " : "") d (nhid != "" ? " nhid " nhid : "") (via != "" ? " via " via : "") (odev != "" ? " dev " odev : "") }
 function add(d, gw, n) { want[d] = gw; order[++wanted] = d; id[d] = n; ours[n] = d }
 function refuse(why) { printf "%s:%d: %s: %s\n", FILENAME, FNR, why, $0 > "/dev/stderr"; bad = 1; exit 1 }
-# inside(P): whether prefix P lies in one of the pod ranges (pods): the same family,
-# at least as long, the range'"'"'s leading bits the same
-function inside(p,    k, n, r, a, b, len, rlen, x, y, q) {
+# inside(P): whether prefix P lies in one of the pod ranges (read into pod* by BEGIN):
+# the same family, at least as long, the range'"'"'s leading bits the same
+function inside(p,    k, a, len, x, q) {
 	split(p, a, "/"); len = a[2] + 0
-	n = split(pods, r, " ")
-	for (k = 1; k <= n; k++) {
-		split(r[k], b, "/"); rlen = b[2] + 0
-		if (len < rlen || (index(a[1], ":") > 0) != (index(b[1], ":") > 0)) continue
-		if (!index(a[1], ":")) {
-			x = v4(a[1]); y = v4(b[1]); q = pow2(32 - rlen)
-			if (x >= 0 && int(x / q) == int(y / q)) return 1
+	for (k = 1; k <= pods_n; k++) {
+		if (len < podlen[k] || (index(a[1], ":") > 0) != (podv4[k] == "")) continue
+		if (podv4[k] != "") {
+			x = v4(a[1]); q = pow2(32 - podlen[k])
+			if (x >= 0 && int(x / q) == int(podv4[k] / q)) return 1
 			continue
 		}
-		x = hex32(a[1]); y = hex32(b[1]); q = int(rlen / 4)
-		if (x == "" || substr(x, 1, q) != substr(y, 1, q)) continue
-		if (rlen % 4 == 0 || int(hexv(substr(x, q + 1, 1)) / pow2(4 - rlen % 4)) == int(hexv(substr(y, q + 1, 1)) / pow2(4 - rlen % 4))) return 1
+		x = hex32(a[1]); q = int(podlen[k] / 4)
+		if (x == "" || substr(x, 1, q) != substr(podhex[k], 1, q)) continue
+		if (podlen[k] % 4 == 0 || int(hexv(substr(x, q + 1, 1)) / pow2(4 - podlen[k] % 4)) == int(hexv(substr(podhex[k], q + 1, 1)) / pow2(4 - podlen[k] % 4))) return 1
 	}
 	return 0
 }
@@ -151,6 +149,11 @@ function hex32(s,    i, h, t, nh, nt, hg, tg, k, out) {
 }
 BEGIN {
 	n = split(own, o, " "); for (i = 1; i <= n; i++) ownset[o[i]] = 1
+	pods_n = split(pods, r, " ")
+	for (i = 1; i <= pods_n; i++) {
+		split(r[i], b, "/"); podlen[i] = b[2] + 0
+		if (index(b[1], ":")) { podv4[i] = ""; podhex[i] = hex32(b[1]) } else podv4[i] = v4(b[1])
+	}
 	n = split(fixed, f, " "); for (i = 1; i < n; i += 3) add(f[i], f[i + 1], f[i + 2])
 	table = fixed == "" ? ARGV[1] : ""
 	# route types as `ip -N` numbers them (rtnetlink RTN_*)
