@@ -1,10 +1,11 @@
 """Topology -> OUT: plan, render and write, one artifact at a time (plus the manifest).
 
 A large compile uses both cores: a forked worker plans, renders, hashes and stages
-the second half of the node directories while this process does the rest; it hands
-back what it staged, and this process alone commits (one sync, renames, manifest
-last). If either side fails, every temporary file of both is removed and nothing is
-renamed.
+the second half of the node directories while this process does the rest; each
+syncs what it staged once its half is done (beside the other's rendering), the
+worker hands back what it staged, and this process alone commits (a last sync,
+renames, manifest last). If either side fails, every temporary file of both is
+removed and nothing is renamed.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def compile_into(out_dir: str, topo: Topology, topology_bytes: bytes, check: boo
             planned = plan(topo)
         _emit(writer, planned)
         if worker:
+            writer.flush()
             writer.merge(worker.result())
         pending = writer.finish(topology_bytes, source_name(topo.source))
         if not check:
@@ -128,6 +130,7 @@ class _Worker:
             try:
                 try:
                     _emit(writer, make())
+                    writer.flush()
                     payload: tuple = ("ok", writer.delta())
                 except OSError as e:  # the output directory's fault: said as such (cli)
                     writer.abort()

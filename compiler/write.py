@@ -14,6 +14,11 @@ cannot be set back by hand, so any edit, replacement or chmod puts the file in
 doubt, and a file in doubt is rendered and compared as without the index. The
 index is not an artifact (not in the manifest, never deterministic); deleting it
 only costs one full compile. `--check` never reads it: it compares contents.
+
+Files a compile stages with the same bytes and mode (every node's podnet-ipam.py)
+are written once and hard-linked: one inode, not one per node. A file with more
+than one name is never changed in place (chmod would change its other names too,
+perhaps one outside OUT): it is replaced, as a changed file is.
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class TreeWriter:
         self._staged: List[Tuple[str, str]] = []  # (temp, target)
         self._renamed = 0  # how many of _staged commit() has renamed
         self._modes: Dict[str, int] = {}
+        self._twins: Dict[Tuple[str, int], str] = {}  # (sha256, mode) -> a temporary file this writer staged with them
         self._dirs: Set[str] = set()  # directories known to exist
         self._real: Set[str] = set()  # directories under OUT known to be no symlink
         self._busy = False  # whether this process made OUT/BUSY (not_busy removes it whoever did)
@@ -154,7 +160,7 @@ class TreeWriter:
     def add(self, path: str, content: bytes, mode: int, sha256: Optional[str] = None, inputs: Optional[str] = None) -> None:
         sha256 = sha256 or hashlib.sha256(content).hexdigest()
         self.entries[path] = {"mode": f"{mode:04o}", "sha256": sha256, "size": len(content)}
-        st = self._compare(path, content, mode)
+        st = self._compare(path, content, mode, sha256)
         if inputs is not None and not self.check:
             self.index[path] = [inputs, sha256, len(content), mode, 0, 0, 0]
             if st is None:
@@ -162,8 +168,9 @@ class TreeWriter:
             else:
                 self.index[path][4:] = [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
 
-    def _compare(self, path: str, content: bytes, mode: int) -> Optional[os.stat_result]:
-        """Stages or reports the file if it differs; returns its stat when it does not."""
+    def _compare(self, path: str, content: bytes, mode: int, sha256: Optional[str] = None) -> Optional[os.stat_result]:
+        """Stages or reports the file if it differs; returns its stat when it does not.
+        With `sha256`, a file staged before with the same bytes and mode is linked."""
         full = os.path.join(self.out_dir, path)
         self._real_dir(os.path.dirname(path))
         old, st = _read(full, None if self.check else len(content))
@@ -174,10 +181,10 @@ class TreeWriter:
         kind = "new" if st is None else "mode" if same else "changed"
         if self.check:
             self.on_change(Change(path, kind, old, content, old_mode, mode))
-        elif kind == "mode":
+        elif kind == "mode" and st is not None and st.st_nlink == 1:
             self._modes[path] = mode
         else:
-            self._staged.append((self._stage(full, content, mode), full))
+            self._staged.append((self._stage(full, content, mode, sha256), full))
         self.pending.append(Change(path, kind))
         return None
 
@@ -201,13 +208,26 @@ class TreeWriter:
         for tmp, _ in delta[3]:
             _unlink_quietly(tmp)
 
-    def _stage(self, full: str, content: bytes, mode: int) -> str:
+    def _stage(self, full: str, content: bytes, mode: int, sha256: Optional[str]) -> str:
         directory = os.path.dirname(full)
         if directory not in self._dirs:
             os.makedirs(directory, exist_ok=True)
             self._dirs.add(directory)
         self._mark_busy()
-        return _stage_in(directory, content, mode)
+        twin = self._twins.get((sha256, mode)) if sha256 else None
+        tmp = _link_in(directory, twin) if twin else None
+        if tmp is None:
+            tmp = _stage_in(directory, content, mode)
+            if sha256:
+                self._twins[(sha256, mode)] = tmp
+        return tmp
+
+    def flush(self) -> None:
+        """Writes what is staged so far to disk (one sync): the forked worker and this
+        process each do it once their half is staged, while the other still renders,
+        and commit's sync then finds little left to write."""
+        if self._staged and not self.check:
+            os.sync()
 
     def _mark_busy(self) -> None:
         if not self._busy:
@@ -402,6 +422,20 @@ def _stage_in(directory: str, content: bytes, mode: int) -> str:
         raise
     os.close(fd)
     return tmp
+
+
+def _link_in(directory: str, twin: str) -> Optional[str]:
+    """A new temporary name in `directory` for the file `twin` (a hard link); None
+    where the file system refuses (no hard links, or too many): then it is written."""
+    while True:
+        tmp = os.path.join(directory or ".", f".podnet-{_NAMES.getrandbits(48):012x}")
+        try:
+            os.link(twin, tmp)
+            return tmp
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
 
 
 def _sweep_temps(out_dir: str) -> None:

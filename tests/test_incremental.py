@@ -2,6 +2,7 @@
 files whose inputs did not change and which nobody touched; anything else is
 rendered and compared as without it. Also: identical files are rendered once."""
 
+import errno
 import json
 import os
 import shutil
@@ -80,7 +81,7 @@ def test_touched_files_are_rendered_and_restored(monkeypatch, tmp_path, index_da
     other.write_bytes(b"x" * conf.stat().st_size)
     os.utime(other, ns=(conf.stat().st_atime_ns, conf.stat().st_mtime_ns))
     os.replace(other, conf)
-    (node / "podnet-ipam.py").chmod(0o644)  # mode changed
+    (node / "podnet-ipam.py").chmod(0o644)  # mode changed (for every node: one inode, linked)
     (out / "README.md").unlink()  # gone
     if index_dated_after_edits:
         settle(out)
@@ -88,12 +89,15 @@ def test_touched_files_are_rendered_and_restored(monkeypatch, tmp_path, index_da
     r = podnet("compile", str(EXAMPLE), "-o", str(out), "--check")
     assert r.returncode == 1
     for path, kind in (("nodes/node1/net-setup.sh", "changed"), ("nodes/node1/routes.sh", "changed"),
-                       ("nodes/node1/10-podnet.conflist", "changed"), ("nodes/node1/podnet-ipam.py", "mode"), ("README.md", "new")):
+                       ("nodes/node1/10-podnet.conflist", "changed"), ("README.md", "new"),
+                       *((f"nodes/node{i}/podnet-ipam.py", "mode") for i in (1, 2, 3))):
         assert f"{out}/{path}: {kind}" in r.stderr
     assert "-set -xu" in r.stdout
     changes, rendered = compile_counting(monkeypatch, EXAMPLE, out)
-    assert sorted(c.path for c in changes) == ["README.md", "nodes/node1/10-podnet.conflist", "nodes/node1/net-setup.sh", "nodes/node1/podnet-ipam.py", "nodes/node1/routes.sh"]
-    assert set(rendered) == {c.path for c in changes}  # the others were trusted
+    assert sorted(c.path for c in changes) == ["README.md", "nodes/node1/10-podnet.conflist", "nodes/node1/net-setup.sh", "nodes/node1/podnet-ipam.py", "nodes/node1/routes.sh",
+                                               "nodes/node2/podnet-ipam.py", "nodes/node3/podnet-ipam.py"]
+    # the others were trusted (node2's and node3's podnet-ipam.py are node1's bytes: rendered once)
+    assert set(rendered) == {c.path for c in changes} - {"nodes/node2/podnet-ipam.py", "nodes/node3/podnet-ipam.py"}
     assert tree(out) == tree(fresh)
 
 
@@ -168,6 +172,54 @@ def test_identical_files_are_rendered_once(monkeypatch, tmp_path):
     assert sum(p.endswith("net-setup.sh") for p in rendered) == 3
     files = tree(tmp_path / "o")
     assert files["nodes/node2/podnet-ipam.py"] == files["nodes/node1/podnet-ipam.py"]
+
+
+def test_identical_files_are_written_once_and_linked(monkeypatch, tmp_path):
+    """Every node's podnet-ipam.py is one inode with a name per node (a fresh compile
+    of 5,000 nodes writes 93 MB less); an edit in place shows in every name, and a
+    compile puts every name right."""
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    ipam = [out / f"nodes/node{i}/podnet-ipam.py" for i in (1, 2, 3)]
+    assert len({p.stat().st_ino for p in ipam}) == 1 and ipam[0].stat().st_nlink == 3
+    setup = [out / f"nodes/node{i}/net-setup.sh" for i in (1, 2, 3)]
+    assert len({p.stat().st_ino for p in setup}) == 3  # other bytes: their own files
+    fresh = tree(out)
+    with open(ipam[1], "ab") as f:
+        f.write(b"# edited in place\n")
+    r = podnet("compile", str(EXAMPLE), "-o", str(out), "--check")
+    assert r.returncode == 1 and all(f"nodes/node{i}/podnet-ipam.py" in r.stdout for i in (1, 2, 3))
+    changes, _ = compile_counting(monkeypatch, EXAMPLE, out)
+    assert sorted(c.path for c in changes) == [f"nodes/node{i}/podnet-ipam.py" for i in (1, 2, 3)]
+    assert tree(out) == fresh and len({p.stat().st_ino for p in ipam}) == 1
+
+
+def test_a_file_with_another_name_is_replaced_not_chmod_ed(monkeypatch, tmp_path):
+    """A file in OUT that also has a name elsewhere (a hard link put there) and only
+    a wrong mode is replaced: a chmod would change the other name's mode too."""
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    fresh = tree(out)
+    victim = tmp_path / "victim"
+    victim.write_bytes((out / "nodes/node1/routes.sh").read_bytes())
+    victim.chmod(0o600)
+    (out / "nodes/node1/routes.sh").unlink()
+    os.link(victim, out / "nodes/node1/routes.sh")
+    changes, _ = compile_counting(monkeypatch, EXAMPLE, out)
+    assert [(c.path, c.kind) for c in changes] == [("nodes/node1/routes.sh", "mode")]
+    assert tree(out) == fresh and victim.stat().st_mode & 0o7777 == 0o600 and victim.stat().st_nlink == 1
+
+
+def test_where_links_are_refused_files_are_written(monkeypatch, tmp_path):
+    def refuse(*_args, **_kw):
+        raise OSError(errno.EMLINK, os.strerror(errno.EMLINK))
+
+    compile_counting(monkeypatch, EXAMPLE, tmp_path / "linked")
+    monkeypatch.setattr(os, "link", refuse)
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    assert tree(out) == tree(tmp_path / "linked") and temp_files(out) == []
+    assert len({(out / f"nodes/node{i}/podnet-ipam.py").stat().st_ino for i in (1, 2, 3)}) == 3
 
 
 def test_inputs_key_follows_includes_and_the_data_read(monkeypatch, tmp_path):
