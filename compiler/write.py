@@ -138,6 +138,9 @@ class TreeWriter:
             _sweep_temps(out_dir)
         self.index: Dict[str, IndexEntry] = {}  # this run's, written by commit()
         self._unstatted: List[str] = []  # index paths whose stat is taken after commit
+        # index paths found unchanged whose file has other names: removing or replacing
+        # one of those in commit changes the ctime, which is then taken again
+        self._twin_paths: List[str] = []
 
     def unchanged(self, path: str, mode: int, inputs: Optional[str]) -> bool:
         """True when the file at `path` is, per the index and stat, exactly what
@@ -154,7 +157,9 @@ class TreeWriter:
         if st.st_ctime_ns >= self._index_time:  # changed in the tick the index was written: doubt it
             return False
         self.entries[path] = {"mode": f"{mode:04o}", "sha256": old[1], "size": old[2]}
-        self.index[path] = old
+        self.index[path] = list(old)
+        if st.st_nlink > 1:
+            self._twin_paths.append(path)
         return True
 
     def add(self, path: str, content: bytes, mode: int, sha256: Optional[str] = None, inputs: Optional[str] = None) -> None:
@@ -167,6 +172,8 @@ class TreeWriter:
                 self._unstatted.append(path)
             else:
                 self.index[path][4:] = [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+                if st.st_nlink > 1:
+                    self._twin_paths.append(path)
 
     def _compare(self, path: str, content: bytes, mode: int, sha256: Optional[str] = None) -> Optional[os.stat_result]:
         """Stages or reports the file if it differs; returns its stat when it does not.
@@ -191,16 +198,17 @@ class TreeWriter:
     def delta(self) -> tuple:
         """What this writer recorded, for another writer's `merge` (a forked worker's
         copy hands back its share; it never commits)."""
-        return (self.entries, self.index, self.pending, self._staged, self._modes, self._unstatted)
+        return (self.entries, self.index, self.pending, self._staged, self._modes, self._unstatted, self._twin_paths)
 
     def merge(self, delta: tuple) -> None:
-        entries, index, pending, staged, modes, unstatted = delta
+        entries, index, pending, staged, modes, unstatted, twin_paths = delta
         self.entries.update(entries)
         self.index.update(index)
         self.pending += pending
         self._staged += staged
         self._modes.update(modes)
         self._unstatted += unstatted
+        self._twin_paths += twin_paths
 
     @staticmethod
     def discard(delta: tuple) -> None:
@@ -313,7 +321,12 @@ class TreeWriter:
                 del self.index[path]
                 continue
             self.index[path][4:] = [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
-        if self.index == self._old_index and not self._unstatted:
+        for path in self._twin_paths:  # (only the ctime: an edit meanwhile still shows in the rest)
+            try:
+                self.index[path][6] = os.stat(os.path.join(self.out_dir, path)).st_ctime_ns
+            except OSError:
+                del self.index[path]
+        if self.index == self._old_index:
             return  # (entries in doubt because of the index's time stay so: they cost a render)
         text = json.dumps({"podnet-index": _INDEX_FORMAT, "files": self.index}, separators=(",", ":"), sort_keys=True)
         self._mark_busy()

@@ -15,7 +15,7 @@ from compiler import artifacts, render
 from compiler.artifacts import compile_into
 from compiler.plan import Artifact, node_files, plan, plan_nodes
 from compiler.topology import load_topology
-from compiler.write import INDEX
+from compiler.write import INDEX, TreeWriter
 from helpers import REPO, podnet, write_topology
 from test_compile import THREE_NODES, tree
 
@@ -192,6 +192,44 @@ def test_identical_files_are_written_once_and_linked(monkeypatch, tmp_path):
     changes, _ = compile_counting(monkeypatch, EXAMPLE, out)
     assert sorted(c.path for c in changes) == [f"nodes/node{i}/podnet-ipam.py" for i in (1, 2, 3)]
     assert tree(out) == fresh and len({p.stat().st_ino for p in ipam}) == 1
+
+
+def test_a_removed_twin_leaves_the_others_trusted(monkeypatch, tmp_path):
+    """Removing a node's podnet-ipam.py changes its twins' ctime (one inode): the
+    index records them after the removal, so the next compile still trusts them."""
+    topo = write_topology(tmp_path, THREE_NODES)
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, topo, out)
+    settle(out)
+    two = write_topology(tmp_path, THREE_NODES.split("  - name: node3")[0])  # (the same file name: the banners stay)
+    changes, _ = compile_counting(monkeypatch, two, out)
+    assert "nodes/node3/podnet-ipam.py" in {c.path for c in changes} and "nodes/node1/podnet-ipam.py" not in {c.path for c in changes}
+    settle(out)
+    changes, rendered = compile_counting(monkeypatch, two, out)
+    assert changes == [] and rendered == []
+
+
+def test_a_twin_edited_while_the_compile_ran_stays_in_doubt(monkeypatch, tmp_path):
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    settle(out)
+    fresh = tree(out)
+    ipam = out / "nodes/node2/podnet-ipam.py"
+    write_index = TreeWriter._write_index
+
+    def edit_first(writer):
+        time.sleep(0.01)  # (a later mtime on any clock)
+        with open(ipam, "r+b") as f:  # the same size: only the mtime tells
+            f.write(b"#!/bin/false\n#")
+        write_index(writer)
+
+    monkeypatch.setattr(TreeWriter, "_write_index", edit_first)
+    compile_counting(monkeypatch, EXAMPLE, out)
+    monkeypatch.setattr(TreeWriter, "_write_index", write_index)
+    settle(out)
+    changes, _ = compile_counting(monkeypatch, EXAMPLE, out)
+    assert sorted(c.path for c in changes) == [f"nodes/node{i}/podnet-ipam.py" for i in (1, 2, 3)]
+    assert tree(out) == fresh
 
 
 def test_a_file_with_another_name_is_replaced_not_chmod_ed(monkeypatch, tmp_path):
