@@ -54,6 +54,12 @@ def tree_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name != INDEX)
 
 
+def written_bytes(out: Path) -> tuple:
+    """(bytes, files) counting each inode once: identical files are hard-linked."""
+    inodes = {p.stat().st_ino: p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name != INDEX}
+    return sum(inodes.values()), len(inodes)
+
+
 def main() -> None:
     global REPO
     p = argparse.ArgumentParser()
@@ -79,6 +85,8 @@ def main() -> None:
         index = out / INDEX
         print(f"output:               {size / 1e6:.1f} MB in {sum(1 for _ in out.rglob('*') if _.is_file() and _.name != INDEX)} files ({size / a.nodes / 1024:.1f} KiB per node)"
               + (f"; local index {index.stat().st_size / 1e6:.1f} MB" if index.exists() else ""))
+        written, inodes = written_bytes(out)
+        print(f"written:              {written / 1e6:.1f} MB in {inodes} inodes (identical files hard-linked)")
         # linearity: half the nodes should give about half the bytes
         half = work / "half.yaml"
         half.write_text(generate(a.nodes // 2, pinned=True))
