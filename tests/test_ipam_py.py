@@ -229,7 +229,7 @@ def test_boot_time_gc_as_the_readme_shows_releases_every_lease(mod, tmp_path):
     assert sorted(os.listdir(store)) == ["last_reserved_ip.0", "lock"]
 
 
-CONTENTS = [b"c1\r\neth0", b"c1\r\neth0\r\n", b"c1\r\neth0\n", b"c1", b"c1\n", b"c1\r\n", b"", b"c1\neth0", b"c1\r\neth0\r\nextra", b"c1\t\neth0", b"\r\n"]
+CONTENTS = [b"c1\r\neth0", b"c1\r\neth0\r\n", b"c1\r\neth0\n", b"c1", b"c1\n", b"c1\r\n", b"", b"c1\neth0", b"c1\r\neth0\r\nextra", b"c1\t\neth0", b"\r\n", b"\n", b"c1\r\neth\xff"]
 
 
 @pytest.mark.parametrize("shell", ["dash", "busybox"])
@@ -240,6 +240,6 @@ def test_shell_and_fallback_read_lease_files_alike(mod, tmp_path, shell):
     for i, content in enumerate(CONTENTS):
         f = tmp_path / f"lease{i}"
         f.write_bytes(content)
-        r = subprocess.run([*shell_cmd(shell), "-c", f'. "{script}"; if ipam_read_owner "{f}"; then printf "%s" "$IPAM_OWNER"; else printf "<none>"; fi'], capture_output=True, text=True)
+        r = subprocess.run([*shell_cmd(shell), "-c", f'. "{script}"; if ipam_read_owner "{f}"; then printf "%s" "$IPAM_OWNER"; else printf "<none>"; fi'], capture_output=True)
         expected = mod.owner_of(content)
-        assert r.stdout == ("<none>" if expected is None else expected), content
+        assert os.fsdecode(r.stdout) == ("<none>" if expected is None else expected), content

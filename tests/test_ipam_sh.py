@@ -622,3 +622,19 @@ def test_an_unwritable_last_reserved_ip_only_warns(shell, ipam29, tmp_path):
     assert "warning: cannot record 10.244.1.2" in r.stderr
     assert sorted(p.name for p in store.iterdir() if re.fullmatch(r"[0-9.]+", p.name)) == ["10.244.1.2"]
     assert (store / "10.244.1.2").read_bytes() == b"c1\r\neth0"
+
+
+def test_an_interface_name_not_utf8_is_leased_as_its_bytes(shell, ipam29, tmp_path):
+    """The kernel takes any bytes in a name but '/', ':' and white space, and so do
+    the reference's plugins: the lease holds the name's bytes, on the flock path and
+    in the Python fallback alike, and GET, GC and DEL find it by them."""
+    store = tmp_path / "store"
+    ifname = {"IFN": "eth\udcff"}  # the byte 0xff (os.fsencode)
+    r = call(shell, ipam29, store, 'ipam_add c1 "$IFN"', env=ifname)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert (store / "10.244.1.2").read_bytes() == b"c1\r\neth\xff"
+    assert call(shell, ipam29, store, 'ipam_get c1 "$IFN"', env=ifname).stdout == r.stdout
+    gc = call(shell, ipam29, store, 'printf "c1 %s\\n" "$IFN" | ipam_gc', env=ifname)
+    assert gc.returncode == 0 and (store / "10.244.1.2").exists(), gc.stderr
+    r = call(shell, ipam29, store, 'ipam_del c1 "$IFN"', env=ifname)
+    assert r.returncode == 0 and not (store / "10.244.1.2").exists(), r.stderr

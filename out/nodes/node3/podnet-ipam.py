@@ -73,7 +73,7 @@ def valid_pair(cid: str, ifname: str) -> None:
     """The CNI spec's container ID and interface name rules (as ipam_valid_pair)."""
     if not (cid and cid[0] in ALNUM and set(cid) <= ID_CHARS):
         raise IpamError("invalid container ID %r: letters, digits, '_', '.', '-', starting with a letter or digit" % cid)
-    if ifname in ("", ".", "..") or len(ifname.encode()) > 15 or any(c in "/:" or c.isspace() for c in ifname):
+    if ifname in ("", ".", "..") or len(os.fsencode(ifname)) > 15 or any(c in "/:" or c.isspace() for c in ifname):
         raise IpamError("invalid interface name %r" % ifname)
 
 
@@ -82,7 +82,7 @@ def owner_of(content: bytes) -> Optional[str]:
     "ID IFNAME" for ID\\r\\nIFNAME, "ID" for a legacy ID-only file, "" for an
     empty file, None for anything else. A line's one trailing control character
     (the \\r; IDs and names hold none) is dropped."""
-    lines = content.decode("utf-8", "replace").split("\n")
+    lines = os.fsdecode(content).split("\n")  # (a name's bytes as in argv: not UTF-8 too)
     first = lines[0]
     second = _chop_control(lines[1] if len(lines) > 1 else "")
     if _chop_control(first) != first:
@@ -297,7 +297,7 @@ class Allocator:
             cur = int(last) + 1
         leased = self.owners()
         make = ipaddress.IPv4Address if rng.first.version == 4 else ipaddress.IPv6Address
-        content = ("%s\r\n%s" % (cid, ifname)).encode()
+        content = os.fsencode("%s\r\n%s" % (cid, ifname))
         mark = MARK + pair_hash(cid, ifname) + "."
         for _ in range(hi - lo + 1):
             if cur > hi:
@@ -378,7 +378,8 @@ def _address(content: Optional[bytes]):
 def read_valid(stream) -> Set[Tuple[str, str]]:
     """The valid attachments, "ID IFNAME" per line; a malformed line is an error."""
     valid = set()
-    for line in stream.read().split("\n"):
+    data = stream.read()
+    for line in (os.fsdecode(data) if isinstance(data, bytes) else data).split("\n"):
         if line == "":
             continue
         fields = line.split(" ")
@@ -442,7 +443,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         op, store, specs, args = parse_args(sys.argv[1:] if argv is None else argv)
         ranges = [Range(spec) for spec in specs.split()]
-        lines = run(op, DiskStore(store), ranges, args, sys.stdin)
+        lines = run(op, DiskStore(store), ranges, args, sys.stdin.buffer)
     except IpamError as e:
         print("ipam: %s" % e, file=sys.stderr)
         return e.status
