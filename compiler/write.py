@@ -139,7 +139,7 @@ class TreeWriter:
         self.index: Dict[str, IndexEntry] = {}  # this run's, written by commit()
         self._unstatted: List[str] = []  # index paths whose stat is taken after commit
         # index paths found unchanged whose file has other names: removing or replacing
-        # one of those in commit changes the ctime, which is then taken again
+        # another name in commit changes the ctime, so _retake_twins checks them again
         self._twin_paths: List[str] = []
 
     def unchanged(self, path: str, mode: int, inputs: Optional[str]) -> bool:
@@ -231,16 +231,24 @@ class TreeWriter:
         return tmp
 
     def flush(self) -> None:
-        """Writes what is staged so far to disk (one sync): the forked worker and this
-        process each do it once their half is staged, while the other still renders,
-        and commit's sync then finds little left to write."""
+        """Writes what is staged so far to disk (sync(2), which flushes every file
+        system): the forked worker and this process each do it once their half is
+        staged, while the other still renders, and commit's sync then finds little
+        left to write."""
         if self._staged and not self.check:
             os.sync()
 
     def _mark_busy(self) -> None:
         if not self._busy:
             self._busy = True
-            open(os.path.join(self.out_dir, BUSY), "ab").close()
+            busy = os.path.join(self.out_dir, BUSY)
+            try:
+                os.close(os.open(busy, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                os.unlink(busy)  # a symlink put there: replaced, never written through
+                os.close(os.open(busy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
 
     def _real_dir(self, rel_dir: str) -> None:
         """Refuses (OSError) a directory under OUT that is, or lies under, a symlink or
@@ -298,7 +306,7 @@ class TreeWriter:
                 os.replace(tmp, full)
                 self._renamed += 1  # abort() skips the temp names already renamed
             for path, mode in self._modes.items():
-                os.chmod(os.path.join(self.out_dir, path), mode)
+                _chmod_own(os.path.join(self.out_dir, path), mode)
             # the removals before the manifest: until it is in place, the old one still
             # names what a killed run had not removed yet, and the next run removes it
             for change in self.pending:
@@ -321,11 +329,7 @@ class TreeWriter:
                 del self.index[path]
                 continue
             self.index[path][4:] = [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
-        for path in self._twin_paths:  # (only the ctime: an edit meanwhile still shows in the rest)
-            try:
-                self.index[path][6] = os.stat(os.path.join(self.out_dir, path)).st_ctime_ns
-            except OSError:
-                del self.index[path]
+        self._retake_twins()
         if self.index == self._old_index:
             return  # (entries in doubt because of the index's time stay so: they cost a render)
         text = json.dumps({"podnet-index": _INDEX_FORMAT, "files": self.index}, separators=(",", ":"), sort_keys=True)
@@ -336,6 +340,27 @@ class TreeWriter:
         except BaseException:
             _unlink_quietly(tmp)
             raise
+
+    def _retake_twins(self) -> None:
+        """Index entries of files found unchanged that have other names: their ctime is
+        taken again after commit, once their bytes (read after that stat, hashed once
+        per inode) still match the entry; an edit that kept size and mtime, made at
+        any time in this compile, is then seen now or by the next compile's ctime."""
+        digests: Dict[int, Tuple[int, Optional[str]]] = {}  # inode -> (its ctime before the read, sha256)
+        for path in self._twin_paths:
+            entry, full = self.index[path], os.path.join(self.out_dir, path)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                del self.index[path]
+                continue
+            if statmod.S_ISREG(st.st_mode) and st.st_ino not in digests:
+                content, _ = _read(full, st.st_size)
+                digests[st.st_ino] = (st.st_ctime_ns, None if content is None else hashlib.sha256(content).hexdigest())
+            if [st.st_size, st.st_ino, st.st_mtime_ns] == [entry[2], entry[4], entry[5]] and digests.get(st.st_ino) == (st.st_ctime_ns, entry[1]):
+                entry[6] = st.st_ctime_ns
+            else:
+                del self.index[path]
 
     def not_busy(self) -> None:
         """Removes OUT/BUSY once no temporary file of this compile (whichever of its
@@ -437,9 +462,26 @@ def _stage_in(directory: str, content: bytes, mode: int) -> str:
     return tmp
 
 
+def _chmod_own(full: str, mode: int) -> None:
+    """chmod of a file found with that one difference, if it is still a regular file
+    with no other name (not a symlink, nor a hard link put there since): else it is
+    left alone, and its mode, in doubt in the index, is put right by the next compile."""
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if statmod.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 def _link_in(directory: str, twin: str) -> Optional[str]:
     """A new temporary name in `directory` for the file `twin` (a hard link); None
-    where the file system refuses (no hard links, or too many): then it is written."""
+    when linking fails (no hard links on this file system, too many, or any other
+    error): the file is then written, and a real error shows there."""
     while True:
         tmp = os.path.join(directory or ".", f".podnet-{_NAMES.getrandbits(48):012x}")
         try:

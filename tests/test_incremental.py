@@ -218,9 +218,10 @@ def test_a_twin_edited_while_the_compile_ran_stays_in_doubt(monkeypatch, tmp_pat
     write_index = TreeWriter._write_index
 
     def edit_first(writer):
-        time.sleep(0.01)  # (a later mtime on any clock)
-        with open(ipam, "r+b") as f:  # the same size: only the mtime tells
+        st = ipam.stat()
+        with open(ipam, "r+b") as f:  # the same size, the mtime put back: only the bytes tell
             f.write(b"#!/bin/false\n#")
+        os.utime(ipam, ns=(st.st_atime_ns, st.st_mtime_ns))
         write_index(writer)
 
     monkeypatch.setattr(TreeWriter, "_write_index", edit_first)
@@ -230,6 +231,43 @@ def test_a_twin_edited_while_the_compile_ran_stays_in_doubt(monkeypatch, tmp_pat
     changes, _ = compile_counting(monkeypatch, EXAMPLE, out)
     assert sorted(c.path for c in changes) == [f"nodes/node{i}/podnet-ipam.py" for i in (1, 2, 3)]
     assert tree(out) == fresh
+
+
+@pytest.mark.parametrize("swap", ["symlink", "hard link"])
+def test_a_file_swapped_for_a_link_before_its_chmod_is_left_alone(monkeypatch, tmp_path, swap):
+    """A mode-only change is made at commit, on the file only if it is still a
+    regular file with one name: never through a symlink or a hard link put there
+    while the compile ran; the next compile puts the path right."""
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    fresh = tree(out)
+    target = out / "nodes/node1/routes.sh"
+    target.chmod(0o644)
+    victim = tmp_path / "victim"
+    victim.write_bytes(target.read_bytes())
+    victim.chmod(0o600)
+    commit = TreeWriter.commit
+
+    def swap_first(writer):
+        target.unlink()
+        (os.symlink if swap == "symlink" else os.link)(victim, target)
+        commit(writer)
+
+    monkeypatch.setattr(TreeWriter, "commit", swap_first)
+    compile_counting(monkeypatch, EXAMPLE, out)
+    monkeypatch.setattr(TreeWriter, "commit", commit)
+    assert victim.stat().st_mode & 0o7777 == 0o600
+    compile_counting(monkeypatch, EXAMPLE, out)
+    assert tree(out) == fresh and not target.is_symlink() and victim.stat().st_mode & 0o7777 == 0o600
+
+
+def test_a_symlink_in_place_of_the_busy_marker_is_not_written_through(monkeypatch, tmp_path):
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    (out / "README.md").write_text("edited\n")
+    (out / ".podnet-busy").symlink_to(tmp_path / "elsewhere")
+    compile_counting(monkeypatch, EXAMPLE, out)
+    assert not (tmp_path / "elsewhere").exists() and not os.path.lexists(out / ".podnet-busy")
 
 
 def test_a_file_with_another_name_is_replaced_not_chmod_ed(monkeypatch, tmp_path):
