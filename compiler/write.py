@@ -380,8 +380,13 @@ class TreeWriter:
 def _read_index(out_dir: str) -> Tuple[Dict[str, IndexEntry], int]:
     """The previous run's index and when it was written (empty when missing or malformed)."""
     try:
-        with open(os.path.join(out_dir, INDEX), "rb") as f:
-            written = os.fstat(f.fileno()).st_mtime_ns
+        # (not through a symlink, and never waiting on a FIFO: anything but a file is no index)
+        fd = os.open(os.path.join(out_dir, INDEX), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not statmod.S_ISREG(st.st_mode):
+                return {}, 0
+            written = st.st_mtime_ns
             index = json.loads(f.read())
         files = index["files"] if index.get("podnet-index") == _INDEX_FORMAT else {}
         ok = all(

@@ -261,6 +261,24 @@ def test_a_file_swapped_for_a_link_before_its_chmod_is_left_alone(monkeypatch, t
     assert tree(out) == fresh and not target.is_symlink() and victim.stat().st_mode & 0o7777 == 0o600
 
 
+@pytest.mark.parametrize("kind", ["fifo", "symlink"])
+def test_an_index_that_is_no_file_is_ignored_and_replaced(monkeypatch, tmp_path, kind):
+    """A FIFO at OUT/.podnet-index hung the compile; a symlink was read through."""
+    out = tmp_path / "o"
+    compile_counting(monkeypatch, EXAMPLE, out)
+    (out / INDEX).unlink()
+    if kind == "fifo":
+        os.mkfifo(out / INDEX)
+    else:
+        (tmp_path / "elsewhere").write_text("{}")
+        (out / INDEX).symlink_to(tmp_path / "elsewhere")
+    changes, rendered = compile_counting(monkeypatch, EXAMPLE, out)
+    assert changes == [] and rendered  # no index: every file rendered and compared, none changed
+    assert (out / INDEX).is_file() and not (out / INDEX).is_symlink()
+    if kind == "symlink":
+        assert (tmp_path / "elsewhere").read_text() == "{}"  # replaced, not written through
+
+
 def test_a_symlink_in_place_of_the_busy_marker_is_not_written_through(monkeypatch, tmp_path):
     out = tmp_path / "o"
     compile_counting(monkeypatch, EXAMPLE, out)

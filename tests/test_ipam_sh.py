@@ -345,6 +345,17 @@ def test_gc_releases_every_lease_not_listed(shell, ipam29, tmp_path):
     assert sorted(snapshot(store)) == ["10.244.1.3", "10.244.1.5", "last_reserved_ip.0", "lock"]
 
 
+def test_gc_leaves_a_directory_named_like_an_address(shell, ipam29, tmp_path):
+    """Not a lease (nor anything host-local wrote): GC keeps it and releases the rest,
+    as the Python fallback does, instead of failing on it."""
+    store = tmp_path / "store"
+    call(shell, ipam29, store, "ipam_add c1 eth0")
+    (store / "10.244.1.5").mkdir()
+    r = call(shell, ipam29, store, "ipam_gc", input="")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert sorted(p.name for p in store.iterdir() if not p.name.startswith(MARK)) == ["10.244.1.5", "last_reserved_ip.0", "lock"]
+
+
 def test_gc_with_an_empty_list_releases_everything(shell, ipam29, tmp_path):
     store = tmp_path / "store"
     call(shell, ipam29, store, "ipam_add c1 eth0")

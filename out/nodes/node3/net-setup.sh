@@ -2085,13 +2085,14 @@ $IPAM_ID
 
 # ipam_op_gc: releases every lease whose owner is not in IPAM_VALID, legacy
 # ID-only files whose ID is not, and empty files (a writer killed between
-# create and write). Files holding anything else are kept. Then every marker
-# whose lease is gone. One rm for all. Lock held.
+# create and write). Files holding anything else, and anything but a file, are
+# kept. Then every marker whose lease is gone. One rm for all. Lock held.
 ipam_op_gc() {
 	set --
 	IPAM_GONE=' '
 	for IPAM_FILE in "$IPAM_STORE"/*; do
 		ipam_is_lease_name "${IPAM_FILE##*/}" || continue
+		[ -f "$IPAM_FILE" ] || continue
 		ipam_read_owner "$IPAM_FILE" || continue
 		case $IPAM_VALID in
 		*"
