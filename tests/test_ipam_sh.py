@@ -596,7 +596,8 @@ def test_dual_stack_takes_and_releases_one_address_per_family(shell, ipam29, tmp
     full = call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_add c9 eth0")
     assert full.returncode == 2
     assert "no free address left in fd00:1::/126" in full.stderr
-    assert {k: v for k, v in snapshot(store).items() if not k.startswith("last_")} == {k: v for k, v in before.items() if not k.startswith("last_")}
+    # last_reserved_ip.0 keeps the advance, as host-local's does, on every path
+    assert snapshot(store) == dict(before, **{"last_reserved_ip.0": b"10.244.1.5"})
     call(shell, ipam29, store, f"IPAM_RANGES='{ranges}'; ipam_del c1 eth0")
     assert not any(v == b"c1\r\neth0" for v in snapshot(store).values())
 

@@ -257,11 +257,11 @@ class Allocator:
 
     def add(self, cid: str, ifname: str) -> List[str]:
         """Per range set, the pair's lease in it (found by its marker) or a new
-        one; on failure the leases this call took are released and
-        last_reserved_ip.N restored."""
+        one; on failure the leases this call took are released (and their
+        markers); last_reserved_ip.N keeps its advance, as host-local's and the
+        shell's do."""
         held = self.marked(cid, ifname)
         taken: List[str] = []
-        last: Dict[str, Optional[bytes]] = {}
         lines = []
         try:
             for index, rng in enumerate(self.ranges):
@@ -269,8 +269,6 @@ class Allocator:
                 if mine:
                     address = mine[0]
                 else:
-                    name = LAST_RESERVED + str(index)
-                    last[name] = self.store.read(name)
                     address = self.take(cid, ifname, index, rng)
                     taken.append(address)
                 lines.append(rng.line(address))
@@ -278,11 +276,6 @@ class Allocator:
             for address in taken:
                 self.store.remove(address)
             self.drop_marks(taken)
-            for name, content in last.items():
-                if content is None:
-                    self.store.remove(name)
-                else:
-                    self.store.write(name, content)
             raise
         return lines
 
