@@ -366,7 +366,10 @@ class TreeWriter:
         """Removes OUT/BUSY once no temporary file of this compile (whichever of its
         processes made the marker) or of an earlier one (swept at the start) is left."""
         if not self.check:
-            _unlink_quietly(os.path.join(self.out_dir, BUSY))
+            try:
+                os.unlink(os.path.join(self.out_dir, BUSY))
+            except OSError:  # none there (nor, when OUT is no directory, anywhere): not the error to report
+                pass
             self._busy = False
 
     def abort(self) -> None:

@@ -274,6 +274,7 @@ def test_an_unwritable_output_is_one_line_not_a_traceback(tmp_path, nodes):
         r = podnet("compile", str(topo), "-o", out)
         assert r.returncode == 1, r
         (line,) = r.stderr.splitlines()
-        assert line.startswith(f"podnet compile: cannot write {out!r}: {why}"), line
+        # the file that could not be written, not the busy marker's clean-up after it
+        assert line == f"podnet compile: cannot write {out!r}: {why}" + (f" ({out}/README.md)" if out else ""), line
     assert blocker.read_text() == "not a directory\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "t.yaml"]
