@@ -189,14 +189,31 @@ def _verify(path: str, old: str, new: str, todo: Todo) -> None:
     for op, a1, a2, b1, b2 in matcher.get_opcodes():
         if op == "equal":
             continue
-        if op == "insert" and all(_gained_pin(None, n, values) for n in new_lines[b1:b2]):
-            continue
-        if op == "replace" and a2 - a1 == b2 - b1 and all(_gained_pin(o, n, values) for o, n in zip(old_lines[a1:a2], new_lines[b1:b2])):
+        if op in ("insert", "replace") and _only_pins(old_lines[a1:a2], new_lines[b1:b2], values):
             continue
         problems.append((a1 + 1, f"pinning would also change line {a1 + 1} ({(old_lines[a1:a2] or [''])[0].strip()!r})"))
     if problems:
         hints = "; ".join(f"{name}: {KEY}: {_plain(value)}" for name, value in sorted(todo.values()))
         raise InputError(path, [Diagnostic(line, 1, f"{msg}; the file is unchanged: add these lines by hand instead ({hints})") for line, msg in problems[:1]])
+
+
+def _only_pins(old: List[str], new: List[str], values: List[Value]) -> bool:
+    """Whether lines `new` are lines `old`, in order, each kept or completed with its
+    pin (`_gained_pin`), with only new pin lines between them. (difflib puts a block
+    node's new line and the flow-style node after it in one "replace".)"""
+    reach = {0}  # how many of `new` the old lines so far can account for
+    for line in old:
+        after = set()
+        for j in sorted(reach):
+            for k in range(j, len(new)):
+                if line == new[k] or _gained_pin(line, new[k], values):
+                    after.add(k + 1)
+                if not _gained_pin(None, new[k], values):
+                    break
+        if not after:
+            return False
+        reach = after
+    return any(all(_gained_pin(None, n, values) for n in new[j:]) for j in reach)
 
 
 def _gained_pin(old: Optional[str], new: str, values: List[Value]) -> bool:

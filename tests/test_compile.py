@@ -278,3 +278,24 @@ def test_an_unwritable_output_is_one_line_not_a_traceback(tmp_path, nodes):
         assert line == f"podnet compile: cannot write {out!r}: {why}" + (f" ({out}/README.md)" if out else ""), line
     assert blocker.read_text() == "not a directory\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "t.yaml"]
+
+
+def readme_block(after: str, fence: str) -> str:
+    """The first fenced block of README.md after the line holding `after`."""
+    text = (REPO / "README.md").read_text()
+    rest = text[text.index(after):]
+    start = rest.index(fence + "\n") + len(fence) + 1
+    return rest[start:rest.index("```\n", start)]
+
+
+def test_the_readmes_topology_example_is_valid(tmp_path):
+    topo = tmp_path / "readme.yaml"
+    topo.write_text(readme_block("## The topology file", "```yaml"))
+    r = podnet("validate", str(topo))
+    assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
+def test_the_readmes_many_problems_output_is_what_validate_prints():
+    shown = readme_block("$ podnet validate tests/cases/many-problems.yaml", "")
+    r = podnet("validate", "tests/cases/many-problems.yaml", cwd=REPO)
+    assert r.returncode == 1 and r.stdout + r.stderr == shown

@@ -144,6 +144,19 @@ def test_refuses_rather_than_reformat(tmp_path: Path):
     assert path.read_text() == text and os.stat(path).st_mode == mode
 
 
+def test_a_block_node_then_a_flow_node_are_both_pinned(tmp_path: Path):
+    """difflib reports the block node's new line and the flow node's completed one as
+    one replace of 1 line by 2: still only pins, so the file is written."""
+    text = ("network:\n  podCIDR: 10.244.0.0/16\nnodes:\n  - name: a\n    address: 192.168.1.2\n"
+            "  - {name: b, address: 192.168.1.3}\n")
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    r = pin(path)
+    assert r.returncode == 0, r.stderr
+    assert path.read_text() == ("network:\n  podCIDR: 10.244.0.0/16\nnodes:\n  - name: a\n    address: 192.168.1.2\n"
+                                "    podCIDR: 10.244.0.0/24\n  - {name: b, address: 192.168.1.3, podCIDR: 10.244.1.0/24}\n")
+
+
 def test_invalid_topology_is_reported_and_left_alone(tmp_path: Path):
     text = "network:\n  podCIDR: 10.244.0.0/16\nnodes:\n  - name: a\n    address: 10.244.0.9\n"
     path = tmp_path / "t.yaml"
