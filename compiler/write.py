@@ -16,7 +16,7 @@ index is not an artifact (not in the manifest, never deterministic); deleting it
 only costs one full compile. `--check` never reads it: it compares contents.
 
 Files a compile stages with the same bytes and mode (every node's podnet-ipam.py)
-are written once and hard-linked: one inode, not one per node. A file with more
+are written once and hard-linked: one inode per process, not one per node. A file with more
 than one name is never changed in place (chmod would change its other names too,
 perhaps one outside OUT): it is replaced, as a changed file is.
 """
@@ -243,11 +243,13 @@ class TreeWriter:
             self._busy = True
             busy = os.path.join(self.out_dir, BUSY)
             try:
-                os.close(os.open(busy, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-            except OSError as e:
-                if e.errno != errno.ELOOP:
-                    raise
-                os.unlink(busy)  # a symlink put there: replaced, never written through
+                st = os.lstat(busy)
+            except FileNotFoundError:
+                st = None
+            if st is not None and not statmod.S_ISREG(st.st_mode):
+                os.unlink(busy)  # a symlink or FIFO put there: replaced, never written through or waited on
+            # (O_EXCL: a symlink or FIFO put there meanwhile fails the run, never followed)
+            if st is None or not statmod.S_ISREG(st.st_mode):
                 os.close(os.open(busy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
 
     def _real_dir(self, rel_dir: str) -> None:
@@ -355,8 +357,9 @@ class TreeWriter:
                 del self.index[path]
                 continue
             if statmod.S_ISREG(st.st_mode) and st.st_ino not in digests:
-                content, _ = _read(full, st.st_size)
-                digests[st.st_ino] = (st.st_ctime_ns, None if content is None else hashlib.sha256(content).hexdigest())
+                content, opened = _read(full, st.st_size)  # (its stat is taken on the open file, before the read)
+                same = content is not None and opened is not None and opened.st_ino == st.st_ino
+                digests[st.st_ino] = (opened.st_ctime_ns, hashlib.sha256(content).hexdigest()) if same else (0, None)
             if [st.st_size, st.st_ino, st.st_mtime_ns] == [entry[2], entry[4], entry[5]] and digests.get(st.st_ino) == (st.st_ctime_ns, entry[1]):
                 entry[6] = st.st_ctime_ns
             else:

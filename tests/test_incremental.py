@@ -279,12 +279,18 @@ def test_an_index_that_is_no_file_is_ignored_and_replaced(monkeypatch, tmp_path,
         assert (tmp_path / "elsewhere").read_text() == "{}"  # replaced, not written through
 
 
-def test_a_symlink_in_place_of_the_busy_marker_is_not_written_through(monkeypatch, tmp_path):
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_busy_marker_that_is_no_file_is_replaced(monkeypatch, tmp_path, kind):
+    """Never written through (a symlink) nor waited on (a FIFO: the compile hung)."""
     out = tmp_path / "o"
     compile_counting(monkeypatch, EXAMPLE, out)
     (out / "README.md").write_text("edited\n")
-    (out / ".podnet-busy").symlink_to(tmp_path / "elsewhere")
-    compile_counting(monkeypatch, EXAMPLE, out)
+    if kind == "symlink":
+        (out / ".podnet-busy").symlink_to(tmp_path / "elsewhere")
+    else:
+        os.mkfifo(out / ".podnet-busy")
+    changes, _ = compile_counting(monkeypatch, EXAMPLE, out)
+    assert [c.path for c in changes] == ["README.md"]
     assert not (tmp_path / "elsewhere").exists() and not os.path.lexists(out / ".podnet-busy")
 
 

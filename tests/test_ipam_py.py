@@ -211,6 +211,13 @@ def test_cli_exit_statuses(mod, tmp_path):
     assert cli(mod, "get", "c1", "eth0", *base).stdout == ""
 
 
+def test_gc_with_stdin_closed_is_one_line(mod, tmp_path):
+    base = ["--store", str(tmp_path / "s"), "--ranges", "10.244.1.0/30,10.244.1.2,10.244.1.2,10.244.1.1"]
+    r = subprocess.run([sys.executable, str(mod.PATH), "gc", *base], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       preexec_fn=lambda: os.close(0))
+    assert (r.returncode, r.stderr) == (1, "ipam: gc: no standard input to read the valid attachments from; nothing released\n")
+
+
 def test_fallback_is_python_3_8_compatible_source(mod):
     """No syntax newer than 3.8 (the oldest Python the fallback supports)."""
     import ast

@@ -356,6 +356,42 @@ def test_gc_leaves_a_directory_named_like_an_address(shell, ipam29, tmp_path):
     assert sorted(p.name for p in store.iterdir() if not p.name.startswith(MARK)) == ["10.244.1.5", "last_reserved_ip.0", "lock"]
 
 
+@pytest.mark.parametrize("entry", ["line break", "fifo", "socket"])
+def test_what_names_nobody_is_kept_and_never_waited_on(shell, ipam29, tmp_path, entry):
+    """A file named like an address holding only a line break, a FIFO or a socket:
+    no lease, no free address. ADD steps over it, DEL and GC keep it, on every path;
+    nothing waits on the FIFO (the fallback used to, holding the store's lock)."""
+    import socket
+
+    store = tmp_path / "store"
+    store.mkdir()
+    odd = store / "10.244.1.2"
+    if entry == "line break":
+        odd.write_bytes(b"\n")
+    elif entry == "fifo":
+        os.mkfifo(odd)
+    else:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(odd))
+        sock.close()
+    r = call(shell, ipam29, store, "ipam_add c1 eth0", timeout=20)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "10.244.1.3/29 10.244.1.1\n", "")
+    assert call(shell, ipam29, store, "ipam_del c9 eth0", timeout=20).returncode == 0
+    r = call(shell, ipam29, store, "ipam_gc", input="", timeout=20)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert sorted(p.name for p in store.iterdir() if re.fullmatch(r"[0-9.]+", p.name)) == ["10.244.1.2"]  # (c1's released)
+
+
+def test_add_get_del_with_stdin_closed(shell, ipam29, tmp_path):
+    """Only GC reads standard input: the fallback used to fail every operation,
+    with a traceback, when it was closed."""
+    store = tmp_path / "store"
+    r = call(shell, ipam29, store, "ipam_add c1 eth0 <&-")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "10.244.1.2/29 10.244.1.1\n", "")
+    assert call(shell, ipam29, store, "ipam_get c1 eth0 <&-").stdout == r.stdout
+    assert call(shell, ipam29, store, "ipam_del c1 eth0 <&-").returncode == 0 and leases(store) == {}
+
+
 def test_gc_with_an_empty_list_releases_everything(shell, ipam29, tmp_path):
     store = tmp_path / "store"
     call(shell, ipam29, store, "ipam_add c1 eth0")
@@ -636,15 +672,18 @@ def test_an_unwritable_last_reserved_ip_only_warns(shell, ipam29, tmp_path):
     assert (store / "10.244.1.2").read_bytes() == b"c1\r\neth0"
 
 
-def test_an_interface_name_not_utf8_is_leased_as_its_bytes(shell, ipam29, tmp_path):
+@pytest.mark.parametrize("name", [b"eth\xff", b"eth\xc2\xa0"])
+def test_an_interface_name_not_utf8_is_leased_as_its_bytes(shell, ipam29, tmp_path, name):
     """The kernel takes any bytes in a name but '/', ':' and white space, and so do
     the reference's plugins: the lease holds the name's bytes, on the flock path and
-    in the Python fallback alike, and GET, GC and DEL find it by them."""
+    in the Python fallback alike (its check is on bytes, whatever the locale: a
+    no-break space is no white space to the shell either), and GET, GC and DEL find
+    it by them."""
     store = tmp_path / "store"
-    ifname = {"IFN": "eth\udcff"}  # the byte 0xff (os.fsencode)
+    ifname = {"IFN": os.fsdecode(name)}
     r = call(shell, ipam29, store, 'ipam_add c1 "$IFN"', env=ifname)
     assert (r.returncode, r.stderr) == (0, "")
-    assert (store / "10.244.1.2").read_bytes() == b"c1\r\neth\xff"
+    assert (store / "10.244.1.2").read_bytes() == b"c1\r\n" + name
     assert call(shell, ipam29, store, 'ipam_get c1 "$IFN"', env=ifname).stdout == r.stdout
     gc = call(shell, ipam29, store, 'printf "c1 %s\\n" "$IFN" | ipam_gc', env=ifname)
     assert gc.returncode == 0 and (store / "10.244.1.2").exists(), gc.stderr

@@ -398,6 +398,7 @@ ipam_find() {
 	IPAM_EMPTY=
 	IPAM_NAMES=
 	IPAM_COUNT=0
+	IPAM_ODD=
 	for IPAM_FILE in "$IPAM_STORE"/*; do
 		IPAM_NAME=${IPAM_FILE##*/}
 		ipam_is_lease_name "$IPAM_NAME" || continue
@@ -406,9 +407,11 @@ ipam_find() {
 			IPAM_COUNT=$((IPAM_COUNT + 1))
 		elif [ -f "$IPAM_FILE" ]; then
 			IPAM_EMPTY="$IPAM_EMPTY $IPAM_NAME"
+		elif [ -e "$IPAM_FILE" ]; then
+			IPAM_ODD=1 # a FIFO or socket: busybox's grep -r would wait on a FIFO
 		fi
 	done
-	if [ "$IPAM_COUNT" -gt "$IPAM_SCAN_MAX" ] && command -v grep >/dev/null 2>&1; then
+	if [ "$IPAM_COUNT" -gt "$IPAM_SCAN_MAX" ] && [ -z "$IPAM_ODD" ] && command -v grep >/dev/null 2>&1; then
 		ipam_grep_names "$1"
 	fi
 	for IPAM_NAME in $IPAM_NAMES; do
@@ -487,7 +490,8 @@ ipam_is_lease_name() {
 
 # ipam_read_owner FILE: sets IPAM_OWNER to "ID IFNAME" for "ID\r\nIFNAME", to
 # "ID" for a legacy file holding only the ID, and to "" for an empty file; 1
-# when FILE cannot be read or holds something else. A trailing line break is
+# when FILE cannot be read or holds something else (a line break alone names
+# nobody: such a file is kept, as host-local keeps it). A trailing line break is
 # ignored, as host-local does. (IDs and names hold no control character, so
 # the one a line ends with is the \r.)
 ipam_read_owner() {
@@ -500,6 +504,7 @@ ipam_read_owner() {
 	*) [ -z "$IPAM_L2" ] || return 1 ;;
 	esac
 	IPAM_OWNER=$IPAM_L1${IPAM_L2:+ $IPAM_L2}
+	[ -n "$IPAM_OWNER" ] || [ ! -s "$1" ]
 }
 
 # ipam_parse_range SUBNET,FIRST,LAST,GATEWAY: sets IPAM_FAMILY, IPAM_PREFIX,

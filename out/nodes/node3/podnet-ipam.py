@@ -22,9 +22,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import os
+import stat
 import sys
 
 TYPE_CHECKING = False
@@ -73,7 +75,7 @@ def valid_pair(cid: str, ifname: str) -> None:
     """The CNI spec's container ID and interface name rules (as ipam_valid_pair)."""
     if not (cid and cid[0] in ALNUM and set(cid) <= ID_CHARS):
         raise IpamError("invalid container ID %r: letters, digits, '_', '.', '-', starting with a letter or digit" % cid)
-    if ifname in ("", ".", "..") or len(os.fsencode(ifname)) > 15 or any(c in "/:" or c.isspace() for c in ifname):
+    if ifname in ("", ".", "..") or len(os.fsencode(ifname)) > 15 or any(b in b"/: \t\n\v\f\r" for b in os.fsencode(ifname)):
         raise IpamError("invalid interface name %r" % ifname)
 
 
@@ -89,7 +91,8 @@ def owner_of(content: bytes) -> Optional[str]:
         first = first[:-1]
     elif second:
         return None
-    return first + (" " + second if second else "")
+    owner = first + (" " + second if second else "")
+    return owner if owner or not content else None  # (a line break alone names nobody: kept)
 
 
 def pair_hash(cid: str, ifname: str) -> str:
@@ -162,11 +165,21 @@ class DiskStore:
         return sorted(os.listdir(self.dir))
 
     def read(self, name: str) -> Optional[bytes]:
+        """NAME's bytes; None when it is missing or no regular file (a FIFO is never
+        waited on, a socket never opened)."""
         try:
-            with open(os.path.join(self.dir, name), "rb") as f:
-                return f.read()
+            fd = os.open(os.path.join(self.dir, name), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, IsADirectoryError):
             return None
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # a socket
+                return None
+            raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     def create(self, name: str, content: bytes) -> bool:
         """Creates NAME holding CONTENT, whole or not at all: written to a temp
@@ -208,12 +221,12 @@ class Allocator:
 
     def owners(self) -> Dict[str, Optional[str]]:
         """Every lease file's name -> its owner (see owner_of)."""
-        out = {}
+        out: Dict[str, Optional[str]] = {}
         for name in self.store.names():
             if name and set(name) <= LEASE_NAME_CHARS:
                 content = self.store.read(name)
-                if content is not None:
-                    out[name] = owner_of(content)
+                # (anything but a regular file is no lease and no free address: kept, as the shell does)
+                out[name] = None if content is None else owner_of(content)
         return out
 
     def sweep_tmp(self) -> None:
@@ -370,8 +383,10 @@ def _address(content: Optional[bytes]):
 
 def read_valid(stream) -> Set[Tuple[str, str]]:
     """The valid attachments, "ID IFNAME" per line; a malformed line is an error."""
+    if stream is None:
+        raise IpamError("gc: no standard input to read the valid attachments from; nothing released")
     valid = set()
-    data = stream.read()
+    data = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
     for line in (os.fsdecode(data) if isinstance(data, bytes) else data).split("\n"):
         if line == "":
             continue
@@ -436,7 +451,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         op, store, specs, args = parse_args(sys.argv[1:] if argv is None else argv)
         ranges = [Range(spec) for spec in specs.split()]
-        lines = run(op, DiskStore(store), ranges, args, sys.stdin.buffer)
+        lines = run(op, DiskStore(store), ranges, args, sys.stdin)
     except IpamError as e:
         print("ipam: %s" % e, file=sys.stderr)
         return e.status
