@@ -16,9 +16,9 @@ index is not an artifact (not in the manifest, never deterministic); deleting it
 only costs one full compile. `--check` never reads it: it compares contents.
 
 Files a compile stages with the same bytes and mode (every node's podnet-ipam.py)
-are written once and hard-linked: one inode per process, not one per node. A file with more
-than one name is never changed in place (chmod would change its other names too,
-perhaps one outside OUT): it is replaced, as a changed file is.
+are written once and hard-linked: one inode per process, not one per node. A file
+with more than one name is never changed in place (chmod would change its other
+names too, perhaps one outside OUT): it is replaced, as a changed file is.
 """
 
 from __future__ import annotations
@@ -357,7 +357,10 @@ class TreeWriter:
                 del self.index[path]
                 continue
             if statmod.S_ISREG(st.st_mode) and st.st_ino not in digests:
-                content, opened = _read(full, st.st_size)  # (its stat is taken on the open file, before the read)
+                try:
+                    content, opened = _read(full, st.st_size)  # (its stat is taken on the open file, before the read)
+                except OSError:  # (replaced meanwhile by a directory: in doubt)
+                    content, opened = None, None
                 same = content is not None and opened is not None and opened.st_ino == st.st_ino
                 digests[st.st_ino] = (opened.st_ctime_ns, hashlib.sha256(content).hexdigest()) if same else (0, None)
             if [st.st_size, st.st_ino, st.st_mtime_ns] == [entry[2], entry[4], entry[5]] and digests.get(st.st_ino) == (st.st_ctime_ns, entry[1]):
