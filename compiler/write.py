@@ -242,15 +242,22 @@ class TreeWriter:
         if not self._busy:
             self._busy = True
             busy = os.path.join(self.out_dir, BUSY)
-            try:
-                st = os.lstat(busy)
-            except FileNotFoundError:
-                st = None
-            if st is not None and not statmod.S_ISREG(st.st_mode):
-                os.unlink(busy)  # a symlink or FIFO put there: replaced, never written through or waited on
-            # (O_EXCL: a symlink or FIFO put there meanwhile fails the run, never followed)
-            if st is None or not statmod.S_ISREG(st.st_mode):
-                os.close(os.open(busy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            for attempt in range(3):
+                try:
+                    st = os.lstat(busy)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and statmod.S_ISREG(st.st_mode):
+                    return
+                if st is not None:
+                    _unlink_quietly(busy)  # a symlink or FIFO put there: replaced, never written through or waited on
+                try:  # (O_EXCL: never through a symlink put there meanwhile)
+                    os.close(os.open(busy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+                    return
+                except FileExistsError:
+                    if attempt == 2:
+                        raise
+                    # made meanwhile, by the other process of this compile: look again
 
     def _real_dir(self, rel_dir: str) -> None:
         """Refuses (OSError) a directory under OUT that is, or lies under, a symlink or

@@ -279,6 +279,26 @@ def test_an_index_that_is_no_file_is_ignored_and_replaced(monkeypatch, tmp_path,
         assert (tmp_path / "elsewhere").read_text() == "{}"  # replaced, not written through
 
 
+def test_the_busy_marker_made_meanwhile_by_the_other_process_is_fine(monkeypatch, tmp_path):
+    """The forked worker and the main process both mark OUT busy: one may create the
+    marker between the other's look and its O_EXCL create (a CI run failed on it)."""
+    from compiler import write
+
+    out = tmp_path / "o"
+    out.mkdir()
+    real_open = os.open
+
+    def other_process_first(path, flags, *args):
+        if str(path).endswith(".podnet-busy") and flags & os.O_EXCL and not os.path.lexists(path):
+            os.close(real_open(path, os.O_WRONLY | os.O_CREAT, 0o644))  # the worker's, just now
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(write.os, "open", other_process_first)
+    writer = TreeWriter(str(out))
+    writer._mark_busy()
+    assert (out / ".podnet-busy").is_file()
+
+
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
 def test_a_busy_marker_that_is_no_file_is_replaced(monkeypatch, tmp_path, kind):
     """Never written through (a symlink) nor waited on (a FIFO: the compile hung)."""
