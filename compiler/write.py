@@ -32,7 +32,7 @@ import random
 import re
 import stat as statmod
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from compiler import __version__
 
@@ -44,6 +44,8 @@ INDEX = ".podnet-index"
 BUSY = ".podnet-busy"
 _TEMP = re.compile(r"\.podnet-[0-9a-f]{12}")
 _MODE_BITS = 0o7777  # setuid, setgid and sticky too: a fresh compile has none of them
+# opening a file in OUT: never through a symlink put there, never waiting on a FIFO
+_OWN = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _INDEX_FORMAT = 1
 
 
@@ -242,22 +244,11 @@ class TreeWriter:
         if not self._busy:
             self._busy = True
             busy = os.path.join(self.out_dir, BUSY)
-            for attempt in range(3):
-                try:
-                    st = os.lstat(busy)
-                except FileNotFoundError:
-                    st = None
-                if st is not None and statmod.S_ISREG(st.st_mode):
-                    return
-                if st is not None:
-                    _unlink_quietly(busy)  # a symlink or FIFO put there: replaced, never written through or waited on
-                try:  # (O_EXCL: never through a symlink put there meanwhile)
-                    os.close(os.open(busy, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-                    return
-                except FileExistsError:
-                    if attempt == 2:
-                        raise
-                    # made meanwhile, by the other process of this compile: look again
+            # (O_CREAT without O_EXCL: the compile's other process may make it too)
+            if not _touch_own(busy):
+                _unlink_quietly(busy)  # a symlink or FIFO put there: replaced
+                if not _touch_own(busy):
+                    raise OSError(errno.EEXIST, "not a regular file, put there while podnet replaced it", busy)
 
     def _real_dir(self, rel_dir: str) -> None:
         """Refuses (OSError) a directory under OUT that is, or lies under, a symlink or
@@ -396,8 +387,7 @@ class TreeWriter:
 def _read_index(out_dir: str) -> Tuple[Dict[str, IndexEntry], int]:
     """The previous run's index and when it was written (empty when missing or malformed)."""
     try:
-        # (not through a symlink, and never waiting on a FIFO: anything but a file is no index)
-        fd = os.open(os.path.join(out_dir, INDEX), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(os.path.join(out_dir, INDEX), os.O_RDONLY | _OWN)  # (anything but a file is no index)
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(fd)
             if not statmod.S_ISREG(st.st_mode):
@@ -419,9 +409,7 @@ def _read(full: str, size: Optional[int]) -> Tuple[Optional[bytes], Optional[os.
     """(contents, stat) of an existing file, (None, None) when there is none; with
     `size`, a file of another size is not read (it differs anyway): (None, stat)."""
     try:
-        # (not through a symlink, and never waiting on a FIFO: either differs, and
-        # is replaced by the file)
-        fd = os.open(full, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(full, os.O_RDONLY | _OWN)  # (a symlink or FIFO differs: it is replaced by the file)
     except FileNotFoundError:
         return None, None
     except OSError as e:
@@ -461,15 +449,20 @@ def replace_file(full: str, content: bytes) -> None:
 _NAMES = random.Random()  # temporary names; O_EXCL makes a collision harmless
 
 
-def _stage_in(directory: str, content: bytes, mode: int) -> str:
-    """Writes `content` to a new temporary file in `directory` (which exists); returns its path."""
+def _new_temp(directory: str, make: Callable[[str], object]) -> Tuple[str, object]:
+    """(path, what make(path) returned) for a temporary name in `directory` that did
+    not exist yet; make raises FileExistsError for a taken one (O_EXCL, link(2))."""
     while True:
         tmp = os.path.join(directory or ".", f".podnet-{_NAMES.getrandbits(48):012x}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            break
+            return tmp, make(tmp)
         except FileExistsError:
             continue
+
+
+def _stage_in(directory: str, content: bytes, mode: int) -> str:
+    """Writes `content` to a new temporary file in `directory` (which exists); returns its path."""
+    tmp, fd = _new_temp(directory, lambda path: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     try:
         os.fchmod(fd, mode)
         view = memoryview(content)
@@ -488,7 +481,7 @@ def _chmod_own(full: str, mode: int) -> None:
     with no other name (not a symlink, nor a hard link put there since): else it is
     left alone, and its mode, in doubt in the index, is put right by the next compile."""
     try:
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(full, os.O_RDONLY | _OWN)
     except OSError:
         return
     try:
@@ -503,15 +496,25 @@ def _link_in(directory: str, twin: str) -> Optional[str]:
     """A new temporary name in `directory` for the file `twin` (a hard link); None
     when linking fails (no hard links on this file system, too many, or any other
     error): the file is then written, and a real error shows there."""
-    while True:
-        tmp = os.path.join(directory or ".", f".podnet-{_NAMES.getrandbits(48):012x}")
-        try:
-            os.link(twin, tmp)
-            return tmp
-        except FileExistsError:
-            continue
-        except OSError:
-            return None
+    try:
+        return _new_temp(directory, lambda path: os.link(twin, path))[0]
+    except OSError:
+        return None
+
+
+def _touch_own(full: str) -> bool:
+    """Makes `full` exist as a regular file (kept if it is one); False when something
+    else is there (a symlink, a FIFO), which is left untouched."""
+    try:
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | _OWN, 0o644)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO nobody reads
+            return False
+        raise
+    try:
+        return statmod.S_ISREG(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
 
 
 def _sweep_temps(out_dir: str) -> None:
